@@ -1,0 +1,49 @@
+"""The benchmark scripts run and write what RESULTS.md quotes (small sizes; nothing is timed here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_model_step_benchmark_writes_json(tmp_path, dtype):
+    out = tmp_path / "model_step.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/model_step.py"),
+            "--preset",
+            "tiny",
+            "--batch",
+            "4",
+            "--seq",
+            "32",
+            "--steps",
+            "2",
+            "--dtype",
+            dtype,
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    result = json.loads(out.read_text())
+    assert result["masked_per_sequence"] == 5  # round(0.15 * 32)
+    assert set(result["results"]) == {"ours", "transformers"}
+    for run in result["results"].values():
+        assert len(run["step_s_all"]) == 2 and run["sequences_per_s"] > 0
+    ratio = result["results"]["transformers"]["step_s_median"] / result["results"]["ours"]["step_s_median"]
+    assert result["speedup_vs_transformers"] == pytest.approx(ratio)
+    losses = result["initial_loss"]
+    assert losses["ours"] == pytest.approx(losses["transformers"], rel=1e-4 if dtype == "fp32" else 5e-2)
