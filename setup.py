@@ -19,6 +19,10 @@ INSTALL_REQUIRES = [
     # One msgpack member per training sample in the shards (see the shard contract).
     "msgpack>=1.0,<2",
     "numpy>=1.26,<3",
+    # Sentence segmentation: compiled, ~300 languages, no model download at run time.
+    "sentencex>=1.0,<2",
+    # Parquet input.
+    "pyarrow>=14,<26",
     "tqdm>=4.66,<5",
 ]
 

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-Handler = Callable[[argparse.Namespace], int]
+Handler = Callable[[argparse.Namespace, list[str]], int]
 
 
-def _model_info(args: argparse.Namespace) -> int:
+def _model_info(args: argparse.Namespace, _: list[str]) -> int:
     """Print the architecture and parameter count of a preset or a model directory."""
     import torch
 
@@ -22,11 +22,9 @@ def _model_info(args: argparse.Namespace) -> int:
     elif Path(args.model).is_dir():
         config = BertConfig.from_pretrained(args.model)
     else:
-        print(
-            f"error: {args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a model directory",
-            file=sys.stderr,
+        raise UsageError(
+            f"{args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a model directory"
         )
-        return 2
     with torch.device("meta"):  # count without allocating weights
         parameters = BertForPreTraining(config).num_parameters()
     print(
@@ -36,6 +34,62 @@ def _model_info(args: argparse.Namespace) -> int:
     )
     print(f"parameters (BertForPreTraining, tied decoder counted once): {parameters:,}")
     return 0
+
+
+def _tokenizer_train(args: argparse.Namespace, _: list[str]) -> int:
+    from preprocessing.train_tokenizer import train
+
+    size = train(
+        args.input,
+        args.out,
+        vocab_size=args.vocab_size,
+        lowercase=args.lowercase,
+        input_format=args.format or guess_format(args.input),
+        text_field=args.text_field,
+        sample_mb=args.sample_mb,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"WordPiece vocabulary of {size} entries ({'uncased' if args.lowercase else 'cased'}) -> {args.out}"
+    )
+    return 0
+
+
+def guess_format(inputs: list[str]) -> str:
+    from preprocessing.preprocess import guess_format
+
+    return guess_format(inputs)
+
+
+def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from preprocessing import preprocess
+    from preprocessing.beam_job import JobParams
+
+    params = JobParams(
+        input_format=args.format or guess_format(args.input),
+        text_field=args.text_field,
+        max_seq_length=args.max_seq_length,
+        max_predictions_per_seq=args.max_predictions_per_seq,
+        masked_lm_prob=args.masked_lm_prob,
+        short_seq_prob=args.short_seq_prob,
+        dupe_factor=args.dupe_factor,
+        whole_word_mask=args.whole_word_mask,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        bucket_mb=args.bucket_mb,
+        shard_mb=args.shard_mb,
+    )
+    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        beam_args = preprocess.default_beam_args() + beam_args
+    outcome = preprocess.run(
+        args.input, args.tokenizer, args.output, params, beam_args, overwrite=args.overwrite
+    )
+    print(preprocess.summary(outcome, args.output))
+    return 0
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out; printed without a traceback, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,17 +104,78 @@ def build_parser() -> argparse.ArgumentParser:
         "model", help="a preset (tiny, mini, base, large) or a Hugging Face style model directory"
     )
     info.set_defaults(handler=_model_info)
+
+    tokenizer = commands.add_parser("tokenizer", help="WordPiece vocabulary")
+    tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    train = tokenizer_commands.add_parser("train", help="learn a WordPiece vocabulary from a corpus")
+    _add_input_arguments(train)
+    train.add_argument("--vocab-size", type=int, default=30522)
+    train.add_argument(
+        "--out", required=True, help="directory for vocab.txt, tokenizer.json, tokenizer_config.json"
+    )
+    case = train.add_mutually_exclusive_group()
+    case.add_argument(
+        "--lowercase", dest="lowercase", action="store_true", default=True, help="uncased (default)"
+    )
+    case.add_argument("--cased", dest="lowercase", action="store_false", help="keep case")
+    train.add_argument("--sample-mb", type=float, default=1024.0, help="train on at most this much text")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing vocabulary in --out")
+    train.set_defaults(handler=_tokenizer_train)
+
+    pre = commands.add_parser(
+        "preprocess",
+        help="corpus -> pre-masked WebDataset shards (Beam job)",
+        description="Options this command does not know are Beam pipeline options, e.g. --runner=DataflowRunner "
+        "--project=P --region=R --temp_location=gs://...; without --runner the local DirectRunner runs "
+        "one worker process per core (--direct_num_workers=N to change).",
+    )
+    _add_input_arguments(pre)
+    pre.add_argument("--tokenizer", required=True, help="directory with tokenizer.json or vocab.txt")
+    pre.add_argument("--output", required=True, help="dataset directory (local, gs://, s3://)")
+    pre.add_argument("--max-seq-length", type=int, default=128)
+    pre.add_argument("--max-predictions-per-seq", type=int, default=20)
+    pre.add_argument("--masked-lm-prob", type=float, default=0.15)
+    pre.add_argument("--short-seq-prob", type=float, default=0.1)
+    pre.add_argument("--dupe-factor", type=int, default=5, help="passes over the corpus with new randomness")
+    pre.add_argument("--whole-word-mask", action="store_true", help="mask a word and its ## pieces together")
+    pre.add_argument("--validation-fraction", type=float, default=0.01, help="share of documents held out")
+    pre.add_argument("--seed", type=int, default=12345)
+    pre.add_argument(
+        "--bucket-mb", type=float, default=8.0, help="input per bucket that random B segments come from"
+    )
+    pre.add_argument("--shard-mb", type=float, default=64.0, help="target shard size")
+    pre.add_argument("--overwrite", action="store_true", help="replace a different dataset in --output")
+    pre.set_defaults(handler=_preprocess, beam_passthrough=True)
     return parser
 
 
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input", required=True, nargs="+", help="file globs (local, gs://, s3://; .gz/.bz2 ok)"
+    )
+    parser.add_argument("--format", choices=["text", "jsonl", "parquet"], help="default: from the file names")
+    parser.add_argument(
+        "--text-field", default="text", help="JSON Lines field / Parquet column with the text"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "beam_passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args, extra)
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as err:
+        if args.verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

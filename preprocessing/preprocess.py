@@ -1,0 +1,192 @@
+"""The preprocessing job's driver: checks inputs and the output directory, runs the Beam pipeline,
+prints the summary. Everything here happens before or after the pipeline, on the launching machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from preprocessing import beam_job
+from preprocessing.beam_job import JobParams
+from preprocessing.manifest import MANIFEST_NAME, recipe_differences
+from preprocessing.shards import POSITION_DTYPE, token_dtype
+from preprocessing.tokenizer import (
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+    VOCAB_TXT,
+    load_tokenizer,
+    tokenizer_files,
+    tokenizer_info,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class PreprocessError(ValueError):
+    """Bad input or an output directory the job must not touch; raised before the pipeline starts."""
+
+
+@dataclass
+class Outcome:
+    manifest: dict[str, Any]
+    skipped: bool  # the directory already held this dataset
+    beam_counters: dict[str, int]
+
+
+def default_beam_args() -> list[str]:
+    """The local DirectRunner with one worker process per core."""
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    return [
+        "--runner=DirectRunner",
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={workers}",
+    ]
+
+
+def guess_format(paths: list[str]) -> str:
+    names = [p.lower().removesuffix(".gz").removesuffix(".bz2") for p in paths]
+    if all(n.endswith(".parquet") for n in names):
+        return "parquet"
+    if all(n.endswith((".jsonl", ".json", ".ndjson")) for n in names):
+        return "jsonl"
+    return "text"
+
+
+def match_inputs(patterns: list[str]) -> list[tuple[str, int]]:
+    """(path, size) of every file the globs match, sorted; an error for globs that match nothing."""
+    if not patterns:
+        raise PreprocessError("no --input given; pass one or more file globs")
+    files: dict[str, int] = {}
+    for pattern, result in zip(patterns, FileSystems.match(patterns), strict=True):
+        if not result.metadata_list:
+            raise PreprocessError(f"--input {pattern!r} matches no file; check the path or quote the glob")
+        for metadata in result.metadata_list:
+            files[metadata.path] = metadata.size_in_bytes
+    if not any(files.values()):
+        raise PreprocessError(f"every input file is empty: {sorted(files)}")
+    return sorted(files.items())
+
+
+OWN_FILES = (MANIFEST_NAME, TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG)
+
+
+def is_own_file(name: str) -> bool:
+    return name in OWN_FILES or (
+        name.endswith((".tar", ".tmp")) and name.lstrip(".").startswith(("train-", "validation-"))
+    )
+
+
+def prepare_output(output_dir: str, recipe: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """Return the existing manifest when the directory already holds this dataset; otherwise make the
+    directory ready (refusing to touch anything that is not an unfinished dataset of this job)."""
+    manifest_path = FileSystems.join(output_dir, MANIFEST_NAME)
+    if FileSystems.exists(manifest_path):
+        with FileSystems.open(manifest_path) as handle:
+            existing = json.loads(handle.read().decode("utf-8"))
+        differences = recipe_differences(
+            existing, recipe["parameters"], recipe["inputs"], recipe["tokenizer"]
+        )
+        if not differences and all_shards_present(output_dir, existing):
+            return existing
+        if differences and not overwrite:
+            raise PreprocessError(
+                f"{output_dir} holds a dataset made with a different recipe ({'; '.join(differences)}); "
+                f"pass --overwrite to replace it or choose another --output"
+            )
+    existing_names = list_names(output_dir)
+    foreign = sorted(n for n in existing_names if not is_own_file(n))
+    if foreign and not overwrite:
+        raise PreprocessError(
+            f"{output_dir} is not empty and does not hold a dataset of this job (found {foreign[:5]}); "
+            f"choose an empty --output or pass --overwrite"
+        )
+    ours = [FileSystems.join(output_dir, n) for n in existing_names if is_own_file(n)]
+    if ours:
+        FileSystems.delete(ours)  # an unfinished or replaced dataset: its shards may be stale
+    if not FileSystems.exists(output_dir):
+        FileSystems.mkdirs(output_dir)
+    return None
+
+
+def list_names(directory: str) -> list[str]:
+    if not FileSystems.exists(directory):
+        return []
+    result = FileSystems.match([FileSystems.join(directory, "*")])[0]
+    return [m.path.rsplit("/", 1)[-1] for m in result.metadata_list]
+
+
+def all_shards_present(output_dir: str, manifest: dict[str, Any]) -> bool:
+    names = set(list_names(output_dir))
+    return all(s["name"] in names for split in manifest["splits"].values() for s in split["shards"])
+
+
+def run(
+    inputs: list[str],
+    tokenizer_dir: str,
+    output_dir: str,
+    params: JobParams,
+    beam_args: list[str] | None = None,
+    overwrite: bool = False,
+) -> Outcome:
+    files = match_inputs(inputs)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    info = tokenizer_info(tokenizer)
+    recipe = {
+        "parameters": params.to_dict(),
+        "inputs": [{"path": path, "bytes": size} for path, size in files],
+        "tokenizer": info.to_dict(),
+        "token_dtype": token_dtype(info.vocab_size).name,
+        "position_dtype": np.dtype(POSITION_DTYPE).name,
+    }
+    existing = prepare_output(output_dir, recipe, overwrite)
+    if existing is not None:
+        logger.info(
+            "%s already holds this dataset (same inputs, parameters and tokenizer): nothing to do", output_dir
+        )
+        return Outcome(manifest=existing, skipped=True, beam_counters={})
+
+    for name, data in tokenizer_files(tokenizer).items():  # beside the shards, for the trainer
+        beam_job.write_atomically(FileSystems.join(output_dir, name), data)
+    tasks = beam_job.plan_reads(files, params.input_format)
+    plan = beam_job.plan_buckets(sum(size for _, size in files), params)
+    logger.info(
+        "%d input files, %d read tasks, %d + %d buckets -> %s",
+        len(files),
+        len(tasks),
+        plan.train,
+        plan.validation,
+        output_dir,
+    )
+    counters = beam_job.run_pipeline(
+        tasks, params, plan, tokenizer.to_str(), output_dir, recipe, beam_args or default_beam_args()
+    )
+    with FileSystems.open(FileSystems.join(output_dir, MANIFEST_NAME)) as handle:
+        manifest = json.loads(handle.read().decode("utf-8"))
+    return Outcome(manifest=manifest, skipped=False, beam_counters=counters)
+
+
+def summary(outcome: Outcome, output_dir: str) -> str:
+    """The end-of-job report: splits, counters, and the runner's metrics when they disagree."""
+    manifest = outcome.manifest
+    if outcome.skipped:
+        return f"{output_dir} already holds this dataset ({manifest['totals']['samples']:,} samples); nothing to do"
+    lines = [f"dataset -> {output_dir}"]
+    for split, info in manifest["splits"].items():
+        lines.append(
+            f"  {split:10s} {info['samples']:>10,} samples {info['tokens']:>13,} tokens in {len(info['shards'])} shards"
+        )
+    counters = manifest["counters"]
+    lines.append("  counters: " + ", ".join(f"{k}={v:,}" for k, v in counters.items()))
+    instances = counters.get("instances", 0)
+    if instances:
+        lines.append(f"  random-next share: {counters.get('random_next', 0) / instances:.3f}")
+    mismatched = {k: v for k, v in outcome.beam_counters.items() if k in counters and counters[k] != v}
+    if mismatched:
+        lines.append(f"  note: the runner's metrics differ (retried bundles count twice there): {mismatched}")
+    return "\n".join(lines)

@@ -1,0 +1,208 @@
+"""WordPiece tokenizer: training, loading from `tokenizer.json` or `vocab.txt`, and the facts
+about it that the shards' manifest records and the trainer checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from model.checkpoint import atomic_write_bytes
+from preprocessing.masking import MaskingRule
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+TOKENIZER_JSON = "tokenizer.json"
+VOCAB_TXT = "vocab.txt"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# [unused0] etc.: reserved rows of published BERT vocabularies, never real text.
+_RESERVED = re.compile(r"^\[[^\]]+\]$")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer directory that cannot serve BERT preprocessing."""
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What the manifest records about the tokenizer and the trainer checks against the model."""
+
+    vocab_size: int
+    vocab_sha256: str
+    special_token_ids: dict[str, int]
+    lowercase: bool | None
+
+    def to_dict(self) -> dict:
+        return {
+            "vocab_size": self.vocab_size,
+            "vocab_sha256": self.vocab_sha256,
+            "special_token_ids": dict(self.special_token_ids),
+            "lowercase": self.lowercase,
+        }
+
+
+def build_wordpiece(vocab: dict[str, int] | None, lowercase: bool) -> Tokenizer:
+    """A BERT WordPiece tokenizer (BERT normalizer and pre-tokenizer, [CLS] A [SEP] B [SEP])."""
+    tokenizer = Tokenizer(
+        models.WordPiece(vocab=vocab or {}, unk_token="[UNK]", max_input_chars_per_word=100)
+    )
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    if vocab:
+        add_pair_template(tokenizer)
+    return tokenizer
+
+
+def add_pair_template(tokenizer: Tokenizer) -> None:
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+
+
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int = 2
+) -> Tokenizer:
+    """Learn a WordPiece vocabulary of at most `vocab_size` entries, special tokens first."""
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise TokenizerError(
+            f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}"
+        )
+    tokenizer = build_wordpiece(None, lowercase)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    add_pair_template(tokenizer)
+    return tokenizer
+
+
+def vocabulary(tokenizer: Tokenizer) -> list[str]:
+    """Tokens in id order."""
+    by_id = sorted((i, token) for token, i in tokenizer.get_vocab(with_added_tokens=True).items())
+    if [i for i, _ in by_id] != list(range(len(by_id))):
+        raise TokenizerError("the vocabulary's ids are not 0..N-1 without gaps")
+    return [token for _, token in by_id]
+
+
+def lowercases(tokenizer: Tokenizer) -> bool | None:
+    """Whether the normalizer lowercases (None when it cannot be told from tokenizer.json)."""
+    normalizer = json.loads(tokenizer.to_str()).get("normalizer") or {}
+    parts = normalizer.get("normalizers", [normalizer])
+    for part in parts:
+        if part.get("type") == "BertNormalizer":
+            return bool(part.get("lowercase"))
+        if part.get("type") == "Lowercase":
+            return True
+    return False if parts else None
+
+
+def tokenizer_files(tokenizer: Tokenizer) -> dict[str, bytes]:
+    """tokenizer.json, vocab.txt and a Hugging Face tokenizer_config.json, by file name."""
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": bool(lowercases(tokenizer)),
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+    }
+    return {
+        TOKENIZER_JSON: tokenizer.to_str(pretty=True).encode("utf-8"),
+        VOCAB_TXT: ("\n".join(vocabulary(tokenizer)) + "\n").encode("utf-8"),
+        TOKENIZER_CONFIG: (json.dumps(config, indent=2) + "\n").encode("utf-8"),
+    }
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
+    for name, data in tokenizer_files(tokenizer).items():
+        atomic_write_bytes(directory / name, data)
+
+
+def load_tokenizer(directory: str | Path, lowercase: bool | None = None) -> Tokenizer:
+    """From `tokenizer.json`, or else from `vocab.txt` (lowercasing from `lowercase`, else from
+    `tokenizer_config.json`'s do_lower_case, else True as in the uncased BERT release)."""
+    directory = Path(directory)
+    if (directory / TOKENIZER_JSON).is_file():
+        tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_JSON))
+    elif (directory / VOCAB_TXT).is_file():
+        tokens = (directory / VOCAB_TXT).read_text(encoding="utf-8").splitlines()
+        if lowercase is None:
+            lowercase = _configured_lowercase(directory)
+        tokenizer = build_wordpiece({token: i for i, token in enumerate(tokens)}, lowercase)
+    else:
+        raise TokenizerError(
+            f"{directory} holds neither {TOKENIZER_JSON} nor {VOCAB_TXT}; train one with "
+            f"`bertpipe tokenizer train` or point --tokenizer at a BERT model directory"
+        )
+    check_special_tokens(tokenizer, directory)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def _configured_lowercase(directory: Path) -> bool:
+    config = directory / TOKENIZER_CONFIG
+    if config.is_file():
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True))
+    return True
+
+
+def check_special_tokens(tokenizer: Tokenizer, source: Path | str) -> None:
+    missing = [token for token in SPECIAL_TOKENS if tokenizer.token_to_id(token) is None]
+    if missing:
+        raise TokenizerError(
+            f"the vocabulary in {source} lacks the special token(s) {missing}; BERT preprocessing needs "
+            f"all of {list(SPECIAL_TOKENS)}"
+        )
+
+
+def tokenizer_info(tokenizer: Tokenizer) -> TokenizerInfo:
+    vocab = vocabulary(tokenizer)
+    return TokenizerInfo(
+        vocab_size=len(vocab),
+        vocab_sha256=hashlib.sha256(("\n".join(vocab) + "\n").encode("utf-8")).hexdigest(),
+        special_token_ids={token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS},
+        lowercase=lowercases(tokenizer),
+    )
+
+
+def masking_rule(
+    tokenizer: Tokenizer, masked_lm_prob: float, max_predictions: int, whole_word: bool
+) -> MaskingRule:
+    """The MaskingRule of this vocabulary: which ids are special, which continue a word."""
+    vocab = vocabulary(tokenizer)
+    ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
+    never_masked = np.zeros(len(vocab), dtype=bool)
+    never_masked[[ids["[PAD]"], ids["[CLS]"], ids["[SEP]"], ids["[MASK]"]]] = True
+    reserved = np.array([bool(_RESERVED.match(token)) for token in vocab])
+    return MaskingRule(
+        mask_id=ids["[MASK]"],
+        never_masked=never_masked,
+        replacements=np.flatnonzero(~reserved).astype(np.int32),
+        continues_word=np.array([token.startswith("##") for token in vocab]),
+        masked_lm_prob=masked_lm_prob,
+        max_predictions=max_predictions,
+        whole_word=whole_word,
+    )
+
+
+def token_ids(tokenizer: Tokenizer, texts: list[str]) -> Iterator[list[int]]:
+    """Ids of each text without special tokens, encoded as one batch."""
+    for encoding in tokenizer.encode_batch_fast(texts, add_special_tokens=False):
+        yield encoding.ids
