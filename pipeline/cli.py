@@ -88,6 +88,13 @@ def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def quiet_optional_cloud_warnings() -> None:
+    """Beam announces at import that its GCP extras are absent; local runs do not need them."""
+    logging.getLogger("apache_beam.io.gcp.bigquery").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not record.getMessage().startswith("apitools not found"))
+
+
 class UsageError(Exception):
     """A command line that cannot be carried out; printed without a traceback, exit code 2."""
 
@@ -125,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser(
         "preprocess",
         help="corpus -> pre-masked WebDataset shards (Beam job)",
-        description="Options this command does not know are Beam pipeline options, e.g. --runner=DataflowRunner "
-        "--project=P --region=R --temp_location=gs://...; without --runner the local DirectRunner runs "
-        "one worker process per core (--direct_num_workers=N to change).",
+        description="Options this command does not know are Beam pipeline options, e.g. "
+        "--runner=DataflowRunner --project=P --region=R --temp_location=gs://...; without --runner the "
+        "local DirectRunner runs one worker process per core (--direct_num_workers=N to change).",
     )
     _add_input_arguments(pre)
     pre.add_argument("--tokenizer", required=True, help="directory with tokenizer.json or vocab.txt")
@@ -168,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_optional_cloud_warnings()
     handler: Handler = args.handler
     try:
         return handler(args, extra)

@@ -46,6 +46,7 @@ def default_beam_args() -> list[str]:
         "--runner=DirectRunner",
         "--direct_running_mode=multi_processing",
         f"--direct_num_workers={workers}",
+        "--default_sdk_harness_log_level=WARNING",
     ]
 
 
@@ -175,11 +176,13 @@ def summary(outcome: Outcome, output_dir: str) -> str:
     """The end-of-job report: splits, counters, and the runner's metrics when they disagree."""
     manifest = outcome.manifest
     if outcome.skipped:
-        return f"{output_dir} already holds this dataset ({manifest['totals']['samples']:,} samples); nothing to do"
+        samples = manifest["totals"]["samples"]
+        return f"{output_dir} already holds this dataset ({samples:,} samples); nothing to do"
     lines = [f"dataset -> {output_dir}"]
     for split, info in manifest["splits"].items():
+        shards = len(info["shards"])
         lines.append(
-            f"  {split:10s} {info['samples']:>10,} samples {info['tokens']:>13,} tokens in {len(info['shards'])} shards"
+            f"  {split:10s} {info['samples']:>10,} samples {info['tokens']:>13,} tokens in {shards} shards"
         )
     counters = manifest["counters"]
     lines.append("  counters: " + ", ".join(f"{k}={v:,}" for k, v in counters.items()))
