@@ -41,9 +41,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(
-        include=["model", "model.*", "pipeline", "pipeline.*", "preprocessing", "preprocessing.*"]
-    ),
+    packages=find_packages(include=["model", "model.*", "pipeline", "pipeline.*", "preprocessing", "preprocessing.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRE},
     entry_points={"console_scripts": ["bertpipe = pipeline.cli:main"]},

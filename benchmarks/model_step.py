@@ -53,9 +53,7 @@ def masked_batch(
     input_ids = torch.randint(5, config.vocab_size, (batch, seq_len), generator=generator)
     token_type_ids = (torch.arange(seq_len) >= seq_len // 2).long().expand(batch, -1).contiguous()
     masked = max(1, round(mask_prob * seq_len))
-    positions = torch.stack(
-        [1 + torch.randperm(seq_len - 1, generator=generator)[:masked] for _ in range(batch)]
-    )
+    positions = torch.stack([1 + torch.randperm(seq_len - 1, generator=generator)[:masked] for _ in range(batch)])
     labels = torch.gather(input_ids, 1, positions)
     dense_labels = torch.full_like(input_ids, IGNORE_INDEX).scatter_(1, positions, labels)
     input_ids = input_ids.scatter(1, positions, 4)  # [MASK]
@@ -89,11 +87,7 @@ def run(args: argparse.Namespace) -> dict:
     config = BertConfig.from_preset(args.preset)
     ours, theirs = build_models(config, device)
     ours_batch, theirs_batch = masked_batch(config, args.batch, args.seq, args.mask_prob, device)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if args.dtype == "bf16"
-        else contextlib.nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16" else contextlib.nullcontext()
 
     # Same weights, same batch: the losses must agree before speed means anything.
     ours.eval()
@@ -103,9 +97,7 @@ def run(args: argparse.Namespace) -> dict:
         theirs_loss = theirs(**theirs_batch).loss.float().item()
     tolerance = 1e-4 if args.dtype == "fp32" else 5e-2
     if abs(ours_loss - theirs_loss) > tolerance * max(1.0, abs(theirs_loss)):
-        raise RuntimeError(
-            f"loss mismatch before timing: ours {ours_loss:.6f}, transformers {theirs_loss:.6f}"
-        )
+        raise RuntimeError(f"loss mismatch before timing: ours {ours_loss:.6f}, transformers {theirs_loss:.6f}")
     ours.train()
     theirs.train()
 
@@ -163,8 +155,7 @@ def run(args: argparse.Namespace) -> dict:
         "model_flops_per_step": flops_per_step,
         "initial_loss": {"ours": ours_loss, "transformers": theirs_loss},
         "results": results,
-        "speedup_vs_transformers": results["transformers"]["step_s_median"]
-        / results["ours"]["step_s_median"],
+        "speedup_vs_transformers": results["transformers"]["step_s_median"] / results["ours"]["step_s_median"],
     }
 
 
@@ -188,9 +179,7 @@ def machine_description(device: torch.device) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="mini")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)

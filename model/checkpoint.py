@@ -49,9 +49,7 @@ def canonical_state_dict(model_state: Mapping[str, torch.Tensor]) -> dict[str, t
     return {k: v for k, v in model_state.items() if k not in TIED_ALIASES}
 
 
-def normalize_keys(
-    checkpoint: Mapping[str, torch.Tensor], expected: Iterable[str]
-) -> dict[str, torch.Tensor]:
+def normalize_keys(checkpoint: Mapping[str, torch.Tensor], expected: Iterable[str]) -> dict[str, torch.Tensor]:
     """Rename a checkpoint's keys into the expected model's naming.
 
     Handles: saved buffers (dropped), TensorFlow-era `gamma`/`beta` names, a bare encoder loaded

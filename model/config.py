@@ -130,9 +130,7 @@ class BertConfig:
                 f"(for example {_divisor_hint(self.hidden_size, self.num_attention_heads)})"
             )
         if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(
-                f"hidden_act={self.hidden_act!r} is not supported; use one of {list(ACTIVATIONS)}"
-            )
+            raise ConfigError(f"hidden_act={self.hidden_act!r} is not supported; use one of {list(ACTIVATIONS)}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
@@ -146,9 +144,7 @@ class BertConfig:
                 f"pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size})"
             )
         if sorted(self.id2label) != list(range(len(self.id2label))) or not self.id2label:
-            raise ConfigError(
-                f"id2label must map the ids 0..N-1 with no gaps, got ids {sorted(self.id2label)}"
-            )
+            raise ConfigError(f"id2label must map the ids 0..N-1 with no gaps, got ids {sorted(self.id2label)}")
         if len(set(self.id2label.values())) != len(self.id2label):
             raise ConfigError(f"id2label has duplicate label names: {sorted(self.id2label.values())}")
 
@@ -192,11 +188,7 @@ class BertConfig:
         if "id2label" not in values and "num_labels" in values:
             kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(int(values["num_labels"]))}
         ignored = sorted(
-            set(values)
-            - known
-            - _HF_BOOKKEEPING_KEYS
-            - set(_UNSUPPORTED_HF_SETTINGS)
-            - {"label2id", "num_labels"}
+            set(values) - known - _HF_BOOKKEEPING_KEYS - set(_UNSUPPORTED_HF_SETTINGS) - {"label2id", "num_labels"}
         )
         if ignored:
             logger.info("config.json keys not used by this BERT implementation: %s", ignored)

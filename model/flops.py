@@ -28,7 +28,5 @@ def pretraining_heads_forward_flops(config: BertConfig, masked_positions: int) -
 
 def pretraining_step_flops(config: BertConfig, seq_len: int, masked_positions: int) -> int:
     """Forward + backward FLOPs of one pretraining sequence."""
-    forward = encoder_forward_flops(config, seq_len) + pretraining_heads_forward_flops(
-        config, masked_positions
-    )
+    forward = encoder_forward_flops(config, seq_len) + pretraining_heads_forward_flops(config, masked_positions)
     return 3 * forward

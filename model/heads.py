@@ -28,8 +28,7 @@ def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Ten
     """(batch, seq, hidden) states at (batch, slots) positions -> (batch, slots, hidden)."""
     if positions.dim() != 2 or positions.shape[0] != hidden.shape[0]:
         raise ValueError(
-            f"masked_lm_positions must have shape (batch={hidden.shape[0]}, slots), "
-            f"got {tuple(positions.shape)}"
+            f"masked_lm_positions must have shape (batch={hidden.shape[0]}, slots), got {tuple(positions.shape)}"
         )
     index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
     return torch.gather(hidden, 1, index)

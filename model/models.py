@@ -181,12 +181,8 @@ class BertForQuestionAnswering(PreTrainedMixin, nn.Module):
         out = QuestionAnsweringOutput(start_logits=start_logits, end_logits=end_logits)
         if start_positions is not None and end_positions is not None:
             outside = start_logits.shape[1]
-            start_loss = F.cross_entropy(
-                start_logits.float(), start_positions.clamp(0, outside), ignore_index=outside
-            )
-            end_loss = F.cross_entropy(
-                end_logits.float(), end_positions.clamp(0, outside), ignore_index=outside
-            )
+            start_loss = F.cross_entropy(start_logits.float(), start_positions.clamp(0, outside), ignore_index=outside)
+            end_loss = F.cross_entropy(end_logits.float(), end_positions.clamp(0, outside), ignore_index=outside)
             out.loss = (start_loss + end_loss) / 2
         return out
 

@@ -77,17 +77,14 @@ class PreTrainedMixin:
         existing = [name for name in (CONFIG_NAME, SAFETENSORS_NAME) if (directory / name).exists()]
         if existing and not overwrite:
             raise FileExistsError(
-                f"{directory} already holds {existing}; pass overwrite=True to replace them or choose a new "
-                f"directory"
+                f"{directory} already holds {existing}; pass overwrite=True to replace them or choose a new directory"
             )
         save_weights(self.state_dict(), directory)  # type: ignore[attr-defined]
         self.config.save_pretrained(directory, architecture=self.hf_architecture)
         return directory
 
     @classmethod
-    def from_pretrained(
-        cls: type[ModelT], directory: str | os.PathLike[str], **config_changes: Any
-    ) -> ModelT:
+    def from_pretrained(cls: type[ModelT], directory: str | os.PathLike[str], **config_changes: Any) -> ModelT:
         """Load a Hugging Face style directory (config.json + model.safetensors or pytorch_model.bin).
 
         `config_changes` override config fields, e.g. `id2label` for a new classification head or

@@ -22,9 +22,7 @@ def _model_info(args: argparse.Namespace, _: list[str]) -> int:
     elif Path(args.model).is_dir():
         config = BertConfig.from_pretrained(args.model)
     else:
-        raise UsageError(
-            f"{args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a model directory"
-        )
+        raise UsageError(f"{args.model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a model directory")
     with torch.device("meta"):  # count without allocating weights
         parameters = BertForPreTraining(config).num_parameters()
     print(
@@ -49,9 +47,7 @@ def _tokenizer_train(args: argparse.Namespace, _: list[str]) -> int:
         sample_mb=args.sample_mb,
         overwrite=args.overwrite,
     )
-    print(
-        f"WordPiece vocabulary of {size} entries ({'uncased' if args.lowercase else 'cased'}) -> {args.out}"
-    )
+    print(f"WordPiece vocabulary of {size} entries ({'uncased' if args.lowercase else 'cased'}) -> {args.out}")
     return 0
 
 
@@ -81,9 +77,7 @@ def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
     )
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         beam_args = preprocess.default_beam_args() + beam_args
-    outcome = preprocess.run(
-        args.input, args.tokenizer, args.output, params, beam_args, overwrite=args.overwrite
-    )
+    outcome = preprocess.run(args.input, args.tokenizer, args.output, params, beam_args, overwrite=args.overwrite)
     print(preprocess.summary(outcome, args.output))
     return 0
 
@@ -107,9 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = commands.add_parser("model", help="inspect model presets and checkpoints")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     info = model_commands.add_parser("info", help="architecture and parameter count")
-    info.add_argument(
-        "model", help="a preset (tiny, mini, base, large) or a Hugging Face style model directory"
-    )
+    info.add_argument("model", help="a preset (tiny, mini, base, large) or a Hugging Face style model directory")
     info.set_defaults(handler=_model_info)
 
     tokenizer = commands.add_parser("tokenizer", help="WordPiece vocabulary")
@@ -117,13 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = tokenizer_commands.add_parser("train", help="learn a WordPiece vocabulary from a corpus")
     _add_input_arguments(train)
     train.add_argument("--vocab-size", type=int, default=30522)
-    train.add_argument(
-        "--out", required=True, help="directory for vocab.txt, tokenizer.json, tokenizer_config.json"
-    )
+    train.add_argument("--out", required=True, help="directory for vocab.txt, tokenizer.json, tokenizer_config.json")
     case = train.add_mutually_exclusive_group()
-    case.add_argument(
-        "--lowercase", dest="lowercase", action="store_true", default=True, help="uncased (default)"
-    )
+    case.add_argument("--lowercase", dest="lowercase", action="store_true", default=True, help="uncased (default)")
     case.add_argument("--cased", dest="lowercase", action="store_false", help="keep case")
     train.add_argument("--sample-mb", type=float, default=1024.0, help="train on at most this much text")
     train.add_argument("--overwrite", action="store_true", help="replace an existing vocabulary in --out")
@@ -147,9 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--whole-word-mask", action="store_true", help="mask a word and its ## pieces together")
     pre.add_argument("--validation-fraction", type=float, default=0.01, help="share of documents held out")
     pre.add_argument("--seed", type=int, default=12345)
-    pre.add_argument(
-        "--bucket-mb", type=float, default=8.0, help="input per bucket that random B segments come from"
-    )
+    pre.add_argument("--bucket-mb", type=float, default=8.0, help="input per bucket that random B segments come from")
     pre.add_argument("--shard-mb", type=float, default=64.0, help="target shard size")
     pre.add_argument("--overwrite", action="store_true", help="replace a different dataset in --output")
     pre.set_defaults(handler=_preprocess, beam_passthrough=True)
@@ -157,13 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--input", required=True, nargs="+", help="file globs (local, gs://, s3://; .gz/.bz2 ok)"
-    )
+    parser.add_argument("--input", required=True, nargs="+", help="file globs (local, gs://, s3://; .gz/.bz2 ok)")
     parser.add_argument("--format", choices=["text", "jsonl", "parquet"], help="default: from the file names")
-    parser.add_argument(
-        "--text-field", default="text", help="JSON Lines field / Parquet column with the text"
-    )
+    parser.add_argument("--text-field", default="text", help="JSON Lines field / Parquet column with the text")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,12 +1,15 @@
 """The preprocessing job as an Apache Beam pipeline: the engine around the pure modules.
 
-    read ranges ─ReadAndTokenize─> (split, bucket) -> document ─GroupByKey─> MakeInstances
-      ─> samples per bucket ─(counts side input)─> samples per shard ─GroupByKey─> WriteShard
-      ─> shard records + counters ─> manifest.json
+    read tasks ─ReadAndTokenize─> document files, one per task, sorted by (split, bucket)
+      ─GroupByKey(bucket)─> MakeInstances ─> sample files, one per bucket
+      ─(all bucket sizes)─> shard plan ─WriteShard─> tar shards ─> manifest.json
 
-Every decision that affects the output (split, bucket, random streams, order, shard placement) is
-derived from the seed and the documents' names, never from bundles, workers or timing, so any
-runner and any number of workers writes the same bytes.
+Bulk data moves through files under `<output>/.work/`, and only their names and sizes move
+through the runner: the local runner keeps every shuffled element in memory, so this keeps memory
+bounded by a task, a bucket and a shard whatever the corpus size. Every decision that affects the
+output (split, bucket, random streams, order, shard bounds) derives from the seed and the
+documents' names, never from bundles, workers or timing: any runner and any number of workers
+writes the same bytes.
 """
 
 from __future__ import annotations
@@ -15,44 +18,40 @@ import hashlib
 import logging
 import math
 import os
-import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import apache_beam as beam
+import msgpack
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from preprocessing import documents as docs
+from preprocessing import filesystem as fs
 from preprocessing.instances import SpecialIds, bucket_instances
 from preprocessing.manifest import MANIFEST_NAME, build_manifest, manifest_bytes
 from preprocessing.pairing import Document, PairingParams
 from preprocessing.randomness import stable_hash, unit_interval
 from preprocessing.sentences import SentenceSplitter
-from preprocessing.shards import (
-    POSITION_DTYPE,
-    place,
-    sample_key,
-    shard_count,
-    shard_name,
-    tar_bytes,
-    token_dtype,
-)
+from preprocessing.shards import POSITION_DTYPE, sample_key, shard_bounds, shard_count, shard_name, tar_bytes
 
 logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "bertpipe.preprocess"
+WORK_DIR = ".work"
 FORMATS = ("text", "jsonl", "parquet")
+SPLITS = ("train", "validation")
 # Byte ranges of uncompressed inputs: small enough to spread a 50 MB corpus over many workers,
 # large enough that a terabyte corpus does not make millions of work items.
 MIN_RANGE_BYTES = 1 << 20
 MAX_RANGE_BYTES = 64 << 20
-TOKENIZE_BATCH_SENTENCES = 2048
+TOKENIZE_BATCH_SENTENCES = 4096
+
+Bucket = tuple[str, int]  # (split, bucket index)
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,8 @@ class JobParams:
     seed: int = 12345
     bucket_mb: float = 8.0
     shard_mb: float = 64.0
-    sentence_splitter: str = field(default_factory=lambda: SentenceSplitter.description())
+    language: str = "en"
+    sentence_splitter: str = field(default_factory=SentenceSplitter.description)
 
     def __post_init__(self) -> None:
         if self.input_format not in FORMATS:
@@ -80,16 +80,18 @@ class JobParams:
             raise ValueError(f"dupe_factor must be at least 1, got {self.dupe_factor}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.max_predictions_per_seq > self.max_seq_length - 3:
-            raise ValueError(
-                f"max_predictions_per_seq={self.max_predictions_per_seq} exceeds the maskable tokens of a "
-                f"sequence (max_seq_length - 3 = {self.max_seq_length - 3})"
-            )
         if self.max_seq_length > np.iinfo(POSITION_DTYPE).max:
             raise ValueError(f"max_seq_length must be at most {np.iinfo(POSITION_DTYPE).max}")
+        PairingParams(self.max_seq_length, self.short_seq_prob)  # validates those two
+        if not 1 <= self.max_predictions_per_seq <= self.max_seq_length - 3:
+            raise ValueError(
+                f"max_predictions_per_seq={self.max_predictions_per_seq} must be between 1 and the maskable "
+                f"tokens of a sequence (max_seq_length - 3 = {self.max_seq_length - 3})"
+            )
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            raise ValueError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
         if self.bucket_mb <= 0 or self.shard_mb <= 0:
             raise ValueError("bucket_mb and shard_mb must be positive")
-        PairingParams(self.max_seq_length, self.short_seq_prob)  # validates those two
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +99,7 @@ class JobParams:
 
 @dataclass(frozen=True)
 class ReadTask:
+    index: int
     path: str
     start: int
     end: int
@@ -106,7 +109,7 @@ class ReadTask:
 
 @dataclass(frozen=True)
 class BucketPlan:
-    """How many buckets each split has: fixed by the input size, so documents land in the same
+    """How many buckets each split has: fixed by the input size, so a document lands in the same
     bucket whatever the workers."""
 
     train: int
@@ -116,34 +119,23 @@ class BucketPlan:
         return self.train if split == "train" else self.validation
 
 
-def is_compressed(path: str) -> bool:
-    return CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
-
-
-def range_size(total_bytes: int) -> int:
-    return int(min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, total_bytes // 64)))
-
-
 def plan_reads(files: list[tuple[str, int]], input_format: str) -> list[ReadTask]:
-    """Work items: byte ranges of uncompressed text and JSON Lines, whole compressed files,
-    Parquet row groups."""
+    """Byte ranges of uncompressed text and JSON Lines, whole compressed files, Parquet row groups."""
     total = sum(size for _, size in files)
-    step = range_size(total)
-    tasks: list[ReadTask] = []
+    step = int(min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, total // 64)))
+    spans: list[tuple[str, int, int, bool, int]] = []
     for path, size in files:
         if input_format == "parquet":
             import pyarrow.parquet as pq
 
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            with FileSystems.open(path, compression_type=fs.RAW) as handle:
                 groups = pq.ParquetFile(handle).num_row_groups
-            tasks.extend(ReadTask(path, 0, size, False, row_group=g) for g in range(groups))
-        elif is_compressed(path):
-            tasks.append(ReadTask(path, 0, size, True))
+            spans.extend((path, 0, size, False, g) for g in range(groups))
+        elif fs.is_compressed(path):
+            spans.append((path, 0, size, True, -1))
         else:
-            tasks.extend(
-                ReadTask(path, start, min(size, start + step), False) for start in range(0, size, step)
-            )
-    return tasks
+            spans.extend((path, start, min(size, start + step), False, -1) for start in range(0, size, step))
+    return [ReadTask(i, *span) for i, span in enumerate(spans)]
 
 
 def plan_buckets(total_bytes: int, params: JobParams) -> BucketPlan:
@@ -155,22 +147,10 @@ def plan_buckets(total_bytes: int, params: JobParams) -> BucketPlan:
     )
 
 
-def assign(document_key: str, params: JobParams, plan: BucketPlan) -> tuple[str, int]:
+def assign(document_key: str, params: JobParams, plan: BucketPlan) -> Bucket:
     """(split, bucket) of a document, from the seed and its name alone."""
-    split = (
-        "validation"
-        if unit_interval(params.seed, "split", document_key) < params.validation_fraction
-        else "train"
-    )
+    split = "validation" if unit_interval(params.seed, "split", document_key) < params.validation_fraction else "train"
     return split, stable_hash(params.seed, "bucket", document_key) % plan.count(split)
-
-
-def encode_document(document: Document) -> tuple[bytes, bytes]:
-    return document.tokens.astype("<i4").tobytes(), document.offsets.astype("<i8").tobytes()
-
-
-def decode_document(tokens: bytes, offsets: bytes) -> Document:
-    return Document(tokens=np.frombuffer(tokens, dtype="<i4"), offsets=np.frombuffer(offsets, dtype="<i8"))
 
 
 def sum_counters(counters: Iterable[dict[str, int]]) -> dict[str, int]:
@@ -180,20 +160,19 @@ def sum_counters(counters: Iterable[dict[str, int]]) -> dict[str, int]:
     return dict(total)
 
 
-class _Counted(beam.DoFn):
-    """Mirrors the counters it emits as data into Beam metrics, for the runner's monitoring UI."""
-
-    def count(self, counters: dict[str, int]) -> beam.pvalue.TaggedOutput:
-        for name, value in counters.items():
-            Metrics.counter(METRICS_NAMESPACE, name).inc(value)
-        return beam.pvalue.TaggedOutput("counters", counters)
+def counted(counters: dict[str, int]) -> beam.pvalue.TaggedOutput:
+    """Counters travel as data (summed into the manifest) and as Beam metrics (for the runner's UI)."""
+    for name, value in counters.items():
+        Metrics.counter(METRICS_NAMESPACE, name).inc(value)
+    return beam.pvalue.TaggedOutput("counters", counters)
 
 
-class ReadAndTokenize(_Counted):
-    """A read task -> ((split, bucket), (document key, token bytes, sentence offset bytes))."""
+class ReadAndTokenize(beam.DoFn):
+    """A read task -> one file of its tokenized documents grouped by bucket; emits, per bucket,
+    (bucket, (file, start, length)) for that bucket's slice of the file."""
 
-    def __init__(self, params: JobParams, plan: BucketPlan, tokenizer_json: str):
-        self.params, self.plan, self.tokenizer_json = params, plan, tokenizer_json
+    def __init__(self, params: JobParams, plan: BucketPlan, tokenizer_json: str, work_dir: str):
+        self.params, self.plan, self.tokenizer_json, self.work_dir = params, plan, tokenizer_json, work_dir
 
     def setup(self) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one worker, one core
@@ -202,11 +181,12 @@ class ReadAndTokenize(_Counted):
         self.tokenizer = Tokenizer.from_str(self.tokenizer_json)
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        self.splitter = SentenceSplitter(max_sentence_chars=self.params.max_seq_length * 40)
+        self.splitter = SentenceSplitter(self.params.language, max_sentence_chars=self.params.max_seq_length * 40)
 
     def process(self, task: ReadTask) -> Iterator[Any]:
         read_stats = docs.ReadStats()
         counters: Counter[str] = Counter()
+        by_bucket: dict[Bucket, list[bytes]] = defaultdict(list)
         pending: list[tuple[str, list[str]]] = []
         pending_sentences = 0
         for raw in self.read(task, read_stats):
@@ -214,48 +194,71 @@ class ReadAndTokenize(_Counted):
             pending.append((raw.key, sentences))
             pending_sentences += len(sentences)
             if pending_sentences >= TOKENIZE_BATCH_SENTENCES:
-                yield from self.tokenize(pending, counters)
+                self.tokenize(pending, counters, by_bucket)
                 pending, pending_sentences = [], 0
-        yield from self.tokenize(pending, counters)
+        self.tokenize(pending, counters, by_bucket)
         counters.update(read_stats.as_dict())
-        yield self.count(dict(counters))
+
+        path = fs.join(self.work_dir, f"documents-{task.index:06d}.msgpack")
+        slices, offset = [], 0
+        chunks = []
+        for bucket in sorted(by_bucket):
+            data = b"".join(by_bucket[bucket])
+            slices.append((bucket, (path, offset, len(data))))
+            chunks.append(data)
+            offset += len(data)
+        if slices:
+            fs.write_atomically(path, b"".join(chunks))
+        yield from slices
+        yield counted(dict(counters))
 
     def read(self, task: ReadTask, stats: docs.ReadStats) -> Iterator[docs.RawDocument]:
-        fmt = self.params.input_format
-        if fmt == "parquet":
-            yield from _parquet_documents(task, self.params.text_field, stats)
+        if self.params.input_format == "parquet":
+            yield from parquet_documents(task, self.params.text_field, stats)
             return
-        compression = CompressionTypes.AUTO if task.compressed else CompressionTypes.UNCOMPRESSED
-        with FileSystems.open(task.path, compression_type=compression) as stream:
-            end = math.inf if task.compressed else task.end
-            if fmt == "text":
+        end = 1 << 62 if task.compressed else task.end
+        with fs.open_input(task.path) as stream:
+            if self.params.input_format == "text":
                 yield from docs.text_documents(stream, task.path, task.start, end, stats)
             else:
-                yield from docs.jsonl_documents(
-                    stream, task.path, task.start, end, self.params.text_field, stats
-                )
+                yield from docs.jsonl_documents(stream, task.path, task.start, end, self.params.text_field, stats)
 
-    def tokenize(self, pending: list[tuple[str, list[str]]], counters: Counter[str]) -> Iterator[Any]:
+    def tokenize(
+        self,
+        pending: list[tuple[str, list[str]]],
+        counters: Counter[str],
+        by_bucket: dict[Bucket, list[bytes]],
+    ) -> None:
         flat = [s for _, sentences in pending for s in sentences]
         encodings = self.tokenizer.encode_batch_fast(flat, add_special_tokens=False) if flat else []
         cursor = 0
         for key, sentences in pending:
-            ids = [encodings[cursor + i].ids for i in range(len(sentences))]
+            document = Document.from_sentences([e.ids for e in encodings[cursor : cursor + len(sentences)]])
             cursor += len(sentences)
-            document = Document.from_sentences(ids)
             if document.num_sentences == 0:
                 counters["empty_documents"] += 1
                 continue
             counters["sentences"] += document.num_sentences
             counters["input_tokens"] += len(document.tokens)
             counters["single_sentence_documents"] += document.num_sentences == 1
-            yield assign(key, self.params, self.plan), (key, *encode_document(document))
+            by_bucket[assign(key, self.params, self.plan)].append(encode_document(key, document))
 
 
-def _parquet_documents(task: ReadTask, column: str, stats: docs.ReadStats) -> Iterator[docs.RawDocument]:
+def encode_document(key: str, document: Document) -> bytes:
+    return msgpack.packb([key, document.tokens.astype("<i4").tobytes(), document.offsets.astype("<i8").tobytes()])
+
+
+def decode_documents(data: bytes) -> Iterator[tuple[str, Document]]:
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1 << 20))
+    unpacker.feed(data)
+    for key, tokens, offsets in unpacker:
+        yield key, Document(np.frombuffer(tokens, dtype="<i4"), np.frombuffer(offsets, dtype="<i8"))
+
+
+def parquet_documents(task: ReadTask, column: str, stats: docs.ReadStats) -> Iterator[docs.RawDocument]:
     import pyarrow.parquet as pq
 
-    with FileSystems.open(task.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with FileSystems.open(task.path, compression_type=fs.RAW) as handle:
         parquet = pq.ParquetFile(handle)
         if column not in parquet.schema_arrow.names:
             raise ValueError(
@@ -264,22 +267,32 @@ def _parquet_documents(task: ReadTask, column: str, stats: docs.ReadStats) -> It
             )
         table = parquet.read_row_group(task.row_group, columns=[column])
         for row, text in enumerate(table.column(column).to_pylist()):
-            key = f"{task.path}@{task.row_group}:{row}"
             if not isinstance(text, str):
                 stats.malformed_records += 1
                 continue
-            yield from docs.text_record(text, key, stats)
+            yield from docs.text_record(text, f"{task.path}@{task.row_group}:{row}", stats)
 
 
-class MakeInstances(_Counted):
-    """(split, bucket), documents -> ((split, bucket), encoded samples in their seeded order)."""
+@dataclass(frozen=True)
+class BucketFile:
+    """Where a bucket's samples went, and how many there are."""
 
-    def __init__(self, params: JobParams, tokenizer_json: str):
-        self.params, self.tokenizer_json = params, tokenizer_json
+    path: str
+    samples: int
+    bytes: int
+
+
+class MakeInstances(beam.DoFn):
+    """A bucket's document slices -> its samples file (encoded samples back to back, then an index
+    of offsets and token counts); emits (bucket, BucketFile)."""
+
+    def __init__(self, params: JobParams, tokenizer_json: str, work_dir: str):
+        self.params, self.tokenizer_json, self.work_dir = params, tokenizer_json, work_dir
 
     def setup(self) -> None:
         from tokenizers import Tokenizer
 
+        from preprocessing.shards import token_dtype
         from preprocessing.tokenizer import masking_rule, tokenizer_info
 
         tokenizer = Tokenizer.from_str(self.tokenizer_json)
@@ -294,12 +307,14 @@ class MakeInstances(_Counted):
         self.dtype = token_dtype(info.vocab_size)
         self.pairing = PairingParams(self.params.max_seq_length, self.params.short_seq_prob)
 
-    def process(self, element: tuple[tuple[str, int], Iterable[tuple[str, bytes, bytes]]]) -> Iterator[Any]:
-        (split, bucket), members = element
-        ordered = sorted(members, key=lambda member: member[0])  # arrival order is the runner's, not ours
-        documents = [decode_document(tokens, offsets) for _, tokens, offsets in ordered]
+    def process(self, element: tuple[Bucket, Iterable[tuple[str, int, int]]]) -> Iterator[Any]:
+        (split, bucket), slices = element
+        keyed = [
+            pair for path, start, length in slices for pair in decode_documents(fs.read_bytes(path, start, length))
+        ]
+        keyed.sort(key=lambda pair: pair[0])  # arrival order is the runner's, not ours
         samples, stats = bucket_instances(
-            documents,
+            [document for _, document in keyed],
             (self.params.seed, split, bucket),
             self.pairing,
             self.params.dupe_factor,
@@ -307,69 +322,85 @@ class MakeInstances(_Counted):
             self.special,
             self.dtype,
         )
-        yield (split, bucket), samples
-        yield self.count(stats.as_dict())
+        body = b"".join(samples.data)
+        offsets = np.concatenate(([0], np.cumsum([len(d) for d in samples.data], dtype=np.int64)))
+        index = msgpack.packb(
+            {
+                "offsets": offsets.astype("<i8").tobytes(),
+                "tokens": samples.tokens.astype("<i8").tobytes(),
+                "masked": samples.masked.astype("<i8").tobytes(),
+            }
+        )
+        path = fs.join(self.work_dir, f"samples-{split}-{bucket:06d}.msgpack")
+        fs.write_atomically(path, body + index + len(index).to_bytes(8, "little"))
+        yield (split, bucket), BucketFile(path=path, samples=len(samples.data), bytes=len(body))
+        yield counted(stats.as_dict())
 
 
-def bucket_sizes(element: tuple[tuple[str, int], list[bytes]]) -> tuple[tuple[str, int], tuple[int, int]]:
-    key, samples = element
-    return key, (len(samples), sum(len(s) for s in samples))
+def read_bucket_index(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offsets, tokens, masked) of a samples file: its last 8 bytes give the index length."""
+    with FileSystems.open(path, compression_type=fs.RAW) as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(size - 8)
+        index_length = int.from_bytes(handle.read(8), "little")
+        handle.seek(size - 8 - index_length)
+        index = msgpack.unpackb(handle.read(index_length))
+    return tuple(np.frombuffer(index[name], dtype="<i8") for name in ("offsets", "tokens", "masked"))
 
 
 @dataclass(frozen=True)
-class SplitLayout:
-    """Where each bucket's samples start in its split's global order, and the split's shard count."""
-
-    first_index: dict[tuple[str, int], int]
-    num_shards: dict[str, int]
-
-
-def layout(sizes: dict[tuple[str, int], tuple[int, int]], shard_mb: float) -> SplitLayout:
-    first_index: dict[tuple[str, int], int] = {}
-    num_shards: dict[str, int] = {}
-    for split in ("train", "validation"):
-        keys = sorted(k for k in sizes if k[0] == split)
-        running = 0
-        for key in keys:
-            first_index[key] = running
-            running += sizes[key][0]
-        total_bytes = sum(sizes[k][1] for k in keys)
-        num_shards[split] = shard_count(running, total_bytes, int(shard_mb * 2**20))
-    return SplitLayout(first_index, num_shards)
+class ShardTask:
+    split: str
+    index: int
+    first_sample: int  # global index in the split of the shard's first sample
+    pieces: tuple[tuple[str, int, int], ...]  # (samples file, first, stop) in order
 
 
-def deal_to_shards(element: tuple[tuple[str, int], list[bytes]], plan: SplitLayout) -> Iterator[Any]:
-    """One element per (bucket, shard): that bucket's samples for that shard with their positions."""
-    (split, bucket), samples = element
-    shards = plan.num_shards[split]
-    first = plan.first_index[(split, bucket)]
-    parts: dict[int, list[tuple[int, str, bytes]]] = {}
-    for offset, sample in enumerate(samples):
-        shard, position = place(first + offset, shards)
-        parts.setdefault(shard, []).append((position, sample_key(split, first + offset), sample))
-    for shard, members in parts.items():
-        yield (split, shard), members
+def plan_shards(buckets: dict[Bucket, BucketFile], shard_mb: float) -> list[ShardTask]:
+    """Cut each split's samples, in (bucket, position) order, into contiguous shards of about
+    `shard_mb` whose sizes differ by at most one sample."""
+    tasks: list[ShardTask] = []
+    for split in SPLITS:
+        files = [buckets[key] for key in sorted(buckets) if key[0] == split and buckets[key].samples]
+        total = sum(f.samples for f in files)
+        count = shard_count(total, sum(f.bytes for f in files), int(shard_mb * 2**20))
+        starts = np.cumsum([0] + [f.samples for f in files])
+        for index, (first, stop) in enumerate(shard_bounds(total, count)):
+            pieces = []
+            for file, file_start in zip(files, starts[:-1], strict=True):
+                low, high = max(first, file_start), min(stop, file_start + file.samples)
+                if low < high:
+                    pieces.append((file.path, int(low - file_start), int(high - file_start)))
+            tasks.append(ShardTask(split, index, first, tuple(pieces)))
+    return tasks
 
 
 class WriteShard(beam.DoFn):
-    """All parts of one shard -> the tar file, written under a temporary name and renamed."""
+    """A ShardTask -> the tar file in the output directory; emits the shard's manifest record."""
 
-    def __init__(self, output_dir: str, dtype: str):
-        self.output_dir, self.dtype = output_dir, dtype
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
 
-    def process(
-        self, element: tuple[tuple[str, int], Iterable[list[tuple[int, str, bytes]]]]
-    ) -> Iterator[dict]:
-        (split, index), parts = element
-        members = sorted((m for part in parts for m in part), key=lambda m: m[0])
-        data = tar_bytes((key, sample) for _, key, sample in members)
-        name = shard_name(split, index)
-        write_atomically(FileSystems.join(self.output_dir, name), data)
-        tokens, masked = shard_token_counts((sample for _, _, sample in members), np.dtype(self.dtype))
+    def process(self, task: ShardTask) -> Iterator[dict]:
+        members: list[tuple[str, bytes]] = []
+        tokens = masked = 0
+        for path, first, stop in task.pieces:
+            offsets, sample_tokens, sample_masked = read_bucket_index(path)
+            body = fs.read_bytes(path, int(offsets[first]), int(offsets[stop] - offsets[first]))
+            base = offsets[first]
+            for i in range(first, stop):
+                key = sample_key(task.split, task.first_sample + len(members))
+                members.append((key, body[offsets[i] - base : offsets[i + 1] - base]))
+            tokens += int(sample_tokens[first:stop].sum())
+            masked += int(sample_masked[first:stop].sum())
+        data = tar_bytes(members)
+        name = shard_name(task.split, task.index)
+        fs.write_atomically(fs.join(self.output_dir, name), data)
         Metrics.counter(METRICS_NAMESPACE, "shards_written").inc()
         yield {
-            "split": split,
-            "index": index,
+            "split": task.split,
+            "index": task.index,
             "name": name,
             "samples": len(members),
             "tokens": tokens,
@@ -379,38 +410,17 @@ class WriteShard(beam.DoFn):
         }
 
 
-def shard_token_counts(samples: Iterable[bytes], dtype: np.dtype) -> tuple[int, int]:
-    from preprocessing.shards import decode_sample
-
-    tokens = masked = 0
-    for data in samples:
-        sample = decode_sample(data, dtype)
-        tokens += len(sample.input_ids)
-        masked += len(sample.masked_lm_positions)
-    return tokens, masked
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Temporary name unique to this attempt, then rename: a retried bundle rewrites the same bytes."""
-    directory, name = path.rsplit("/", 1) if "/" in path else ("", path)
-    temporary = (
-        FileSystems.join(directory, f".{name}.{uuid.uuid4().hex}.tmp") if directory else f".{name}.tmp"
-    )
-    with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(data)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([temporary], [path])
-
-
 class WriteManifest(beam.DoFn):
-    def __init__(self, output_dir: str, recipe: dict[str, Any]):
-        self.output_dir, self.recipe = output_dir, recipe
+    """Last step: remove the work files, then write manifest.json, which marks the dataset finished."""
+
+    def __init__(self, output_dir: str, work_dir: str, recipe: dict[str, Any]):
+        self.output_dir, self.work_dir, self.recipe = output_dir, work_dir, recipe
 
     def process(self, records: list[dict], counters: dict[str, int]) -> Iterator[str]:
+        fs.delete([self.work_dir])
         manifest = build_manifest(shard_records=records, counters=counters, **self.recipe)
-        path = FileSystems.join(self.output_dir, MANIFEST_NAME)
-        write_atomically(path, manifest_bytes(manifest))
+        path = fs.join(self.output_dir, MANIFEST_NAME)
+        fs.write_atomically(path, manifest_bytes(manifest))
         yield path
 
 
@@ -423,32 +433,26 @@ def build_pipeline(
     output_dir: str,
     recipe: dict[str, Any],
 ) -> None:
+    work_dir = fs.join(output_dir, WORK_DIR)
     read = (
         pipeline
         | "ReadTasks" >> beam.Create(tasks)
-        | "SpreadTasks" >> beam.Reshuffle()
+        | "SpreadReads" >> beam.Reshuffle()
         | "ReadAndTokenize"
-        >> beam.ParDo(ReadAndTokenize(params, plan, tokenizer_json)).with_outputs(
-            "counters", main="documents"
-        )
+        >> beam.ParDo(ReadAndTokenize(params, plan, tokenizer_json, work_dir)).with_outputs("counters", main="slices")
     )
     instances = (
-        read.documents
+        read.slices
         | "GroupBuckets" >> beam.GroupByKey()
         | "MakeInstances"
-        >> beam.ParDo(MakeInstances(params, tokenizer_json)).with_outputs("counters", main="samples")
-    )
-    sizes = (
-        instances.samples
-        | "BucketSizes" >> beam.Map(bucket_sizes)
-        | "AllSizes" >> beam.combiners.ToDict()
-        | "Layout" >> beam.Map(layout, shard_mb=params.shard_mb)
+        >> beam.ParDo(MakeInstances(params, tokenizer_json, work_dir)).with_outputs("counters", main="buckets")
     )
     records = (
-        instances.samples
-        | "DealToShards" >> beam.FlatMap(deal_to_shards, plan=beam.pvalue.AsSingleton(sizes))
-        | "GroupShards" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShard(output_dir, recipe["token_dtype"]))
+        instances.buckets
+        | "AllBuckets" >> beam.combiners.ToDict()
+        | "PlanShards" >> beam.FlatMap(plan_shards, shard_mb=params.shard_mb)
+        | "SpreadShards" >> beam.Reshuffle()
+        | "WriteShards" >> beam.ParDo(WriteShard(output_dir))
         | "AllRecords" >> beam.combiners.ToList()
     )
     counters = (
@@ -457,7 +461,7 @@ def build_pipeline(
         | "SumCounters" >> beam.CombineGlobally(sum_counters)
     )
     _ = records | "WriteManifest" >> beam.ParDo(
-        WriteManifest(output_dir, recipe), counters=beam.pvalue.AsSingleton(counters)
+        WriteManifest(output_dir, work_dir, recipe), counters=beam.pvalue.AsSingleton(counters)
     )
 
 
@@ -471,8 +475,7 @@ def run_pipeline(
     beam_args: list[str],
 ) -> dict[str, int]:
     """Run to completion; return the Beam metric counters the runner reports."""
-    options = PipelineOptions(beam_args)
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     build_pipeline(pipeline, tasks, params, plan, tokenizer_json, output_dir, recipe)
     result = pipeline.run()
     result.wait_until_finish()
@@ -480,7 +483,8 @@ def run_pipeline(
     try:
         for counter in result.metrics().query()["counters"]:
             if counter.key.metric.namespace == METRICS_NAMESPACE:
-                metrics[counter.key.metric.name] = metrics.get(counter.key.metric.name, 0) + counter.committed
+                name = counter.key.metric.name
+                metrics[name] = metrics.get(name, 0) + counter.committed
     except (NotImplementedError, KeyError, AttributeError):  # a runner without metric queries
-        logger.warning("this runner does not report Beam metrics; counters are in the manifest")
+        logger.warning("this runner does not report Beam metrics; the counters are in the manifest")
     return metrics

@@ -94,9 +94,7 @@ def decode(raw: bytes, stats: ReadStats, flagged: list[bool]) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def text_documents(
-    stream: BinaryIO, path: str, start: int, end: int, stats: ReadStats
-) -> Iterator[RawDocument]:
+def text_documents(stream: BinaryIO, path: str, start: int, end: int, stats: ReadStats) -> Iterator[RawDocument]:
     """BERT's layout: one sentence or paragraph per line, blank lines between documents.
 
     Yields the documents whose first line starts in [start, end); an empty document (no text at all
@@ -160,9 +158,7 @@ def jsonl_documents(
         yield from _jsonl_record(b"".join(record), path, record_offset, text_field, stats)
 
 
-def _jsonl_record(
-    raw: bytes, path: str, offset: int, text_field: str, stats: ReadStats
-) -> Iterator[RawDocument]:
+def _jsonl_record(raw: bytes, path: str, offset: int, text_field: str, stats: ReadStats) -> Iterator[RawDocument]:
     if is_blank(raw):
         return
     flagged = [False]

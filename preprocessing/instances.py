@@ -36,6 +36,15 @@ class SpecialIds:
     sep: int
 
 
+@dataclass
+class BucketSamples:
+    """Encoded samples in their seeded order, with each one's token and prediction counts."""
+
+    data: list[bytes]
+    tokens: np.ndarray
+    masked: np.ndarray
+
+
 def bucket_instances(
     documents: Sequence[Document],
     stream: tuple[object, ...],
@@ -44,13 +53,13 @@ def bucket_instances(
     rule: MaskingRule,
     special: SpecialIds,
     dtype: np.dtype,
-) -> tuple[list[bytes], InstanceStats]:
-    """Encoded samples of the bucket in a seeded random order, and their statistics.
-
-    `stream` names the random streams, e.g. (seed, split, bucket).
-    """
+) -> tuple[BucketSamples, InstanceStats]:
+    """All samples of a bucket and their statistics; `stream` names the random streams, e.g.
+    (seed, split, bucket)."""
     stats = InstanceStats()
-    samples: list[bytes] = []
+    data: list[bytes] = []
+    tokens: list[int] = []
+    masked_counts: list[int] = []
     for dupe in range(dupe_factor):
         pair_rng = python_rng(*stream, "pairs", dupe)
         mask_rng = numpy_rng(*stream, "masks", dupe)
@@ -64,11 +73,19 @@ def bucket_instances(
                     segment_b_start=pair.segment_b_start,
                     next_sentence_label=int(pair.is_random_next),
                 )
-                samples.append(encode_sample(sample, dtype))
-                stats.instances += 1
-                stats.tokens += len(pair.tokens)
-                stats.masked_tokens += len(masked.positions)
+                data.append(encode_sample(sample, dtype))
+                tokens.append(len(pair.tokens))
+                masked_counts.append(len(masked.positions))
                 stats.truncated_pairs += pair.truncated
                 stats.random_next += pair.is_random_next
-    python_rng(*stream, "order").shuffle(samples)
+    order = list(range(len(data)))
+    python_rng(*stream, "order").shuffle(order)
+    samples = BucketSamples(
+        data=[data[i] for i in order],
+        tokens=np.asarray(tokens, dtype=np.int64)[order],
+        masked=np.asarray(masked_counts, dtype=np.int64)[order],
+    )
+    stats.instances = len(data)
+    stats.tokens = int(samples.tokens.sum())
+    stats.masked_tokens = int(samples.masked.sum())
     return samples, stats

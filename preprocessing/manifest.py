@@ -27,11 +27,7 @@ def build_manifest(
     records = sorted(shard_records, key=lambda r: (SPLITS.index(r["split"]), r["index"]))
     splits: dict[str, Any] = {}
     for split in SPLITS:
-        shards = [
-            {k: v for k, v in r.items() if k not in ("split", "index")}
-            for r in records
-            if r["split"] == split
-        ]
+        shards = [{k: v for k, v in r.items() if k not in ("split", "index")} for r in records if r["split"] == split]
         splits[split] = {
             "samples": sum(s["samples"] for s in shards),
             "tokens": sum(s["tokens"] for s in shards),

@@ -3,7 +3,6 @@ prints the summary. Everything here happens before or after the pipeline, on the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -13,7 +12,8 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from preprocessing import beam_job
-from preprocessing.beam_job import JobParams
+from preprocessing import filesystem as fs
+from preprocessing.beam_job import SPLITS, WORK_DIR, JobParams
 from preprocessing.manifest import MANIFEST_NAME, recipe_differences
 from preprocessing.shards import POSITION_DTYPE, token_dtype
 from preprocessing.tokenizer import (
@@ -78,53 +78,38 @@ OWN_FILES = (MANIFEST_NAME, TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG)
 
 
 def is_own_file(name: str) -> bool:
-    return name in OWN_FILES or (
-        name.endswith((".tar", ".tmp")) and name.lstrip(".").startswith(("train-", "validation-"))
-    )
+    """Files this job writes: the manifest, tokenizer files, shards and their temporary names."""
+    if name in OWN_FILES:
+        return True
+    return name.lstrip(".").startswith(SPLITS) and name.endswith((".tar", ".tmp"))
 
 
 def prepare_output(output_dir: str, recipe: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
     """Return the existing manifest when the directory already holds this dataset; otherwise make the
-    directory ready (refusing to touch anything that is not an unfinished dataset of this job)."""
-    manifest_path = FileSystems.join(output_dir, MANIFEST_NAME)
-    if FileSystems.exists(manifest_path):
-        with FileSystems.open(manifest_path) as handle:
-            existing = json.loads(handle.read().decode("utf-8"))
-        differences = recipe_differences(
-            existing, recipe["parameters"], recipe["inputs"], recipe["tokenizer"]
-        )
-        if not differences and all_shards_present(output_dir, existing):
+    directory ready, refusing to touch anything that is not an unfinished dataset of this job."""
+    manifest_path = fs.join(output_dir, MANIFEST_NAME)
+    names = fs.list_names(output_dir)
+    if fs.exists(manifest_path):
+        existing = fs.read_json(manifest_path)
+        differences = recipe_differences(existing, recipe["parameters"], recipe["inputs"], recipe["tokenizer"])
+        shards = {s["name"] for split in existing["splits"].values() for s in split["shards"]}
+        if not differences and shards <= set(names):
             return existing
         if differences and not overwrite:
             raise PreprocessError(
                 f"{output_dir} holds a dataset made with a different recipe ({'; '.join(differences)}); "
                 f"pass --overwrite to replace it or choose another --output"
             )
-    existing_names = list_names(output_dir)
-    foreign = sorted(n for n in existing_names if not is_own_file(n))
+    foreign = [n for n in names if not is_own_file(n)]
     if foreign and not overwrite:
         raise PreprocessError(
             f"{output_dir} is not empty and does not hold a dataset of this job (found {foreign[:5]}); "
             f"choose an empty --output or pass --overwrite"
         )
-    ours = [FileSystems.join(output_dir, n) for n in existing_names if is_own_file(n)]
-    if ours:
-        FileSystems.delete(ours)  # an unfinished or replaced dataset: its shards may be stale
-    if not FileSystems.exists(output_dir):
-        FileSystems.mkdirs(output_dir)
+    # An unfinished or replaced dataset: its shards may be stale. Files of other origin stay.
+    fs.delete([fs.join(output_dir, n) for n in names if is_own_file(n)] + [fs.join(output_dir, WORK_DIR)])
+    fs.make_dirs(output_dir)
     return None
-
-
-def list_names(directory: str) -> list[str]:
-    if not FileSystems.exists(directory):
-        return []
-    result = FileSystems.match([FileSystems.join(directory, "*")])[0]
-    return [m.path.rsplit("/", 1)[-1] for m in result.metadata_list]
-
-
-def all_shards_present(output_dir: str, manifest: dict[str, Any]) -> bool:
-    names = set(list_names(output_dir))
-    return all(s["name"] in names for split in manifest["splits"].values() for s in split["shards"])
 
 
 def run(
@@ -147,13 +132,11 @@ def run(
     }
     existing = prepare_output(output_dir, recipe, overwrite)
     if existing is not None:
-        logger.info(
-            "%s already holds this dataset (same inputs, parameters and tokenizer): nothing to do", output_dir
-        )
+        logger.info("%s already holds this dataset (same inputs, parameters and tokenizer): nothing to do", output_dir)
         return Outcome(manifest=existing, skipped=True, beam_counters={})
 
     for name, data in tokenizer_files(tokenizer).items():  # beside the shards, for the trainer
-        beam_job.write_atomically(FileSystems.join(output_dir, name), data)
+        fs.write_atomically(fs.join(output_dir, name), data)
     tasks = beam_job.plan_reads(files, params.input_format)
     plan = beam_job.plan_buckets(sum(size for _, size in files), params)
     logger.info(
@@ -167,8 +150,7 @@ def run(
     counters = beam_job.run_pipeline(
         tasks, params, plan, tokenizer.to_str(), output_dir, recipe, beam_args or default_beam_args()
     )
-    with FileSystems.open(FileSystems.join(output_dir, MANIFEST_NAME)) as handle:
-        manifest = json.loads(handle.read().decode("utf-8"))
+    manifest = fs.read_json(fs.join(output_dir, MANIFEST_NAME))
     return Outcome(manifest=manifest, skipped=False, beam_counters=counters)
 
 
@@ -181,9 +163,7 @@ def summary(outcome: Outcome, output_dir: str) -> str:
     lines = [f"dataset -> {output_dir}"]
     for split, info in manifest["splits"].items():
         shards = len(info["shards"])
-        lines.append(
-            f"  {split:10s} {info['samples']:>10,} samples {info['tokens']:>13,} tokens in {shards} shards"
-        )
+        lines.append(f"  {split:10s} {info['samples']:>10,} samples {info['tokens']:>13,} tokens in {shards} shards")
     counters = manifest["counters"]
     lines.append("  counters: " + ", ".join(f"{k}={v:,}" for k, v in counters.items()))
     instances = counters.get("instances", 0)

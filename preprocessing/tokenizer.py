@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from model.checkpoint import atomic_write_bytes
 from preprocessing.masking import MaskingRule
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -48,16 +47,12 @@ class TokenizerInfo:
 
 def build_wordpiece(vocab: dict[str, int] | None, lowercase: bool) -> Tokenizer:
     """A BERT WordPiece tokenizer (BERT normalizer and pre-tokenizer, [CLS] A [SEP] B [SEP])."""
-    tokenizer = Tokenizer(
-        models.WordPiece(vocab=vocab or {}, unk_token="[UNK]", max_input_chars_per_word=100)
-    )
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab or {}, unk_token="[UNK]", max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
-    if vocab:
-        add_pair_template(tokenizer)
     return tokenizer
 
 
@@ -70,14 +65,10 @@ def add_pair_template(tokenizer: Tokenizer) -> None:
     )
 
 
-def train_wordpiece(
-    texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int = 2
-) -> Tokenizer:
+def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int = 2) -> Tokenizer:
     """Learn a WordPiece vocabulary of at most `vocab_size` entries, special tokens first."""
     if vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise TokenizerError(
-            f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}"
-        )
+        raise TokenizerError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
     tokenizer = build_wordpiece(None, lowercase)
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
@@ -129,11 +120,6 @@ def tokenizer_files(tokenizer: Tokenizer) -> dict[str, bytes]:
     }
 
 
-def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
-    for name, data in tokenizer_files(tokenizer).items():
-        atomic_write_bytes(directory / name, data)
-
-
 def load_tokenizer(directory: str | Path, lowercase: bool | None = None) -> Tokenizer:
     """From `tokenizer.json`, or else from `vocab.txt` (lowercasing from `lowercase`, else from
     `tokenizer_config.json`'s do_lower_case, else True as in the uncased BERT release)."""
@@ -145,6 +131,8 @@ def load_tokenizer(directory: str | Path, lowercase: bool | None = None) -> Toke
         if lowercase is None:
             lowercase = _configured_lowercase(directory)
         tokenizer = build_wordpiece({token: i for i, token in enumerate(tokens)}, lowercase)
+        check_special_tokens(tokenizer, directory)
+        add_pair_template(tokenizer)
     else:
         raise TokenizerError(
             f"{directory} holds neither {TOKENIZER_JSON} nor {VOCAB_TXT}; train one with "
@@ -182,9 +170,7 @@ def tokenizer_info(tokenizer: Tokenizer) -> TokenizerInfo:
     )
 
 
-def masking_rule(
-    tokenizer: Tokenizer, masked_lm_prob: float, max_predictions: int, whole_word: bool
-) -> MaskingRule:
+def masking_rule(tokenizer: Tokenizer, masked_lm_prob: float, max_predictions: int, whole_word: bool) -> MaskingRule:
     """The MaskingRule of this vocabulary: which ids are special, which continue a word."""
     vocab = vocabulary(tokenizer)
     ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
-
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from preprocessing import documents as docs
+from preprocessing import filesystem as fs
 from preprocessing.preprocess import PreprocessError, match_inputs
-from preprocessing.tokenizer import TOKENIZER_JSON, VOCAB_TXT, save_tokenizer, train_wordpiece, vocabulary
+from preprocessing.tokenizer import TOKENIZER_JSON, VOCAB_TXT, tokenizer_files, train_wordpiece, vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +21,8 @@ def corpus_paragraphs(
     stats = docs.ReadStats()
     for path, _ in files:
         if input_format == "parquet":
-            raise PreprocessError(
-                "train the tokenizer on text or JSON Lines; Parquet is read by preprocess only"
-            )
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+            raise PreprocessError("train the tokenizer on text or JSON Lines; Parquet is read by preprocess only")
+        with fs.open_input(path) as stream:
             reader = (
                 docs.text_documents(stream, path, 0, 1 << 62, stats)
                 if input_format == "text"
@@ -52,17 +47,16 @@ def train(
     overwrite: bool = False,
 ) -> int:
     """Train and write tokenizer.json, vocab.txt and tokenizer_config.json; return the vocab size."""
-    directory = Path(out)
-    existing = [name for name in (TOKENIZER_JSON, VOCAB_TXT) if (directory / name).exists()]
+    existing = [name for name in (TOKENIZER_JSON, VOCAB_TXT) if fs.exists(fs.join(out, name))]
     if existing and not overwrite:
-        raise PreprocessError(
-            f"{directory} already holds {existing}; pass --overwrite or choose another --out"
-        )
+        raise PreprocessError(f"{out} already holds {existing}; pass --overwrite or choose another --out")
     files = match_inputs(inputs)
     # Compressed sizes understate the text; the sample limit counts decoded characters instead.
     texts = corpus_paragraphs(files, input_format, text_field, int(sample_mb * 2**20))
     tokenizer = train_wordpiece(texts, vocab_size=vocab_size, lowercase=lowercase)
-    save_tokenizer(tokenizer, directory)
+    fs.make_dirs(out)
+    for name, data in tokenizer_files(tokenizer).items():
+        fs.write_atomically(fs.join(out, name), data)
     size = len(vocabulary(tokenizer))
     if size < vocab_size:
         logger.warning("the corpus supports only %d vocabulary entries of the %d asked for", size, vocab_size)

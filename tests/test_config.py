@@ -46,9 +46,7 @@ def test_preset_overrides_and_unknown_names():
 
 
 def test_heads_must_divide_hidden_size():
-    with pytest.raises(
-        ConfigError, match=r"hidden_size=768 is not divisible by num_attention_heads=10.*for example 8"
-    ):
+    with pytest.raises(ConfigError, match=r"hidden_size=768 is not divisible by num_attention_heads=10.*for example 8"):
         BertConfig(hidden_size=768, num_attention_heads=10)
 
 

@@ -9,9 +9,7 @@ from model.flops import encoder_forward_flops, pretraining_heads_forward_flops, 
 
 
 def test_exact_count_on_a_small_config():
-    config = BertConfig(
-        vocab_size=10, hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
-    )
+    config = BertConfig(vocab_size=10, hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
     # seq 2: projections 2*2*(4*16 + 2*4*8) = 512, attention 2*2*2*2*4 = 64, pooler 2*16 = 32
     assert encoder_forward_flops(config, seq_len=2) == 608
     # one masked token: 2*(16 + 40) = 112, NSP 2*4*2 = 16
@@ -26,9 +24,7 @@ def test_large_agrees_with_the_six_n_rule():
     config = BertConfig.from_preset("large")
     with torch.device("meta"):
         model = BertForPreTraining(config)
-    weights = sum(
-        p.numel() for n, p in model.bert.encoder.named_parameters() if n.endswith("weight") and p.dim() == 2
-    )
+    weights = sum(p.numel() for n, p in model.bert.encoder.named_parameters() if n.endswith("weight") and p.dim() == 2)
     tokens = 128
     estimate = 6 * weights * tokens
     counted = 3 * encoder_forward_flops(config, tokens)

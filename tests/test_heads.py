@@ -59,17 +59,13 @@ def masked_batch(config: BertConfig):
 
 
 def test_sparse_mlm_head_equals_dense_head_at_masked_positions():
-    config = BertConfig.from_preset(
-        "tiny", vocab_size=500, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
-    )
+    config = BertConfig.from_preset("tiny", vocab_size=500, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertForPreTraining(config).eval()
     perturb_parameters(model)
     inputs, positions, labels, dense_labels = masked_batch(config)
     nsp_label = torch.tensor([0, 1, 1, 0])
     with torch.no_grad():
-        sparse = model(
-            **inputs, masked_lm_positions=positions, masked_lm_labels=labels, next_sentence_label=nsp_label
-        )
+        sparse = model(**inputs, masked_lm_positions=positions, masked_lm_labels=labels, next_sentence_label=nsp_label)
         dense = model(**inputs, masked_lm_labels=dense_labels, next_sentence_label=nsp_label)
     assert sparse.mlm_logits.shape == (4, 5, 500)
     assert dense.mlm_logits.shape == (4, 32, 500)
@@ -93,9 +89,7 @@ def test_losses_match_transformers(tmp_path):
     inputs, positions, labels, dense_labels = masked_batch(config)
     nsp_label = torch.tensor([1, 0, 1, 1])
     with torch.no_grad():
-        sparse = ours(
-            **inputs, masked_lm_positions=positions, masked_lm_labels=labels, next_sentence_label=nsp_label
-        )
+        sparse = ours(**inputs, masked_lm_positions=positions, masked_lm_labels=labels, next_sentence_label=nsp_label)
         reference = theirs(**inputs, labels=dense_labels, next_sentence_label=nsp_label)
     assert sparse.loss.item() == pytest.approx(reference.loss.item(), abs=1e-5)
     keep = labels != IGNORE_INDEX

@@ -32,9 +32,7 @@ def test_truncated_lengths_equal_one_token_at_a_time():
     for max_tokens in (1, 2, 7, 30):
         for len_a in range(0, 40):
             for len_b in range(0, 40):
-                assert truncated_lengths(len_a, len_b, max_tokens) == naive_truncation(
-                    len_a, len_b, max_tokens
-                )
+                assert truncated_lengths(len_a, len_b, max_tokens) == naive_truncation(len_a, len_b, max_tokens)
 
 
 def test_trim_keeps_a_contiguous_run_cut_from_both_ends():
@@ -114,11 +112,7 @@ def test_random_next_share_is_one_half():
     docs = corpus(100, 60, lambda rng: int(rng.integers(5, 15)))
     params = PairingParams(max_seq_length=128, short_seq_prob=0.0)
     rng = random.Random(9)
-    labels = [
-        p.is_random_next
-        for i in range(len(docs))
-        for p in pairs_from_document(docs, i, params, CLS, SEP, rng)
-    ]
+    labels = [p.is_random_next for i in range(len(docs)) for p in pairs_from_document(docs, i, params, CLS, SEP, rng)]
     # ~700 pairs: sd of the share 0.019; the last chunk of a document may hold one sentence and is
     # then always random, which adds a little.
     assert len(labels) > 500

@@ -68,8 +68,6 @@ def test_bare_encoder_checkpoint_loads_into_pretraining_model(reference_bert_dir
     assert sorted(report.initialized) == sorted(
         k
         for k in fresh.state_dict()
-        if k.startswith("cls.")
-        and k != "cls.predictions.decoder.weight"
-        and k != "cls.predictions.decoder.bias"
+        if k.startswith("cls.") and k != "cls.predictions.decoder.weight" and k != "cls.predictions.decoder.bias"
     )
     assert report.ignored == []

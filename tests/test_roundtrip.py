@@ -117,9 +117,7 @@ def test_task_model_from_pretraining_checkpoint_initialises_only_the_head(tmp_pa
     pretrained = BertForPreTraining(tiny_config())
     perturb_parameters(pretrained)
     pretrained.save_pretrained(tmp_path)
-    classifier = BertForSequenceClassification.from_pretrained(
-        tmp_path, id2label={0: "neg", 1: "pos", 2: "mixed"}
-    )
+    classifier = BertForSequenceClassification.from_pretrained(tmp_path, id2label={0: "neg", 1: "pos", 2: "mixed"})
     assert classifier.config.num_labels == 3
     for key, value in classifier.bert.state_dict().items():
         assert torch.equal(value, pretrained.bert.state_dict()[key]), key

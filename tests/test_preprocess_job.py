@@ -1,0 +1,245 @@
+"""The real Beam job on a small real corpus: determinism across workers, the shard contract read
+back with plain webdataset and with tarfile + numpy, manifest counts, reruns and bad input."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import webdataset as wds
+
+from preprocessing import preprocess
+from preprocessing.beam_job import JobParams, assign, plan_buckets
+from preprocessing.documents import ReadStats, text_documents
+from preprocessing.masking import unmask
+from preprocessing.pairing import Document
+from preprocessing.preprocess import PreprocessError
+from preprocessing.sentences import SentenceSplitter
+from preprocessing.tokenizer import TokenizerError, load_tokenizer, tokenizer_files, train_wordpiece
+
+CORPUS = Path(__file__).parent / "data" / "pydocs" / "corpus.txt"
+PARAMS = JobParams(dupe_factor=2, validation_fraction=0.1, bucket_mb=0.1, shard_mb=0.15, seed=7)
+IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def workers(n: int) -> list[str]:
+    return [
+        "--runner=DirectRunner",
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={n}",
+        "--default_sdk_harness_log_level=WARNING",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    lines = [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    directory = tmp_path_factory.mktemp("tokenizer")
+    for name, data in tokenizer_files(train_wordpiece(lines, vocab_size=3000, lowercase=True)).items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory, tokenizer_dir) -> dict[int, Path]:
+    out = {}
+    for n in (1, 2):
+        directory = tmp_path_factory.mktemp(f"dataset{n}") / "ds"
+        outcome = preprocess.run([str(CORPUS)], str(tokenizer_dir), str(directory), PARAMS, workers(n))
+        assert not outcome.skipped
+        out[n] = directory
+    return out
+
+
+@pytest.mark.slow
+def test_one_and_two_workers_write_identical_bytes(datasets):
+    one, two = datasets[1], datasets[2]
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir())
+    assert "manifest.json" in names and "vocab.txt" in names and ".work" not in names
+    for name in names:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+
+
+def read_with_tarfile(path: Path, manifest: dict) -> list[tuple[str, dict]]:
+    token = np.dtype(manifest["token_dtype"]).newbyteorder("<")
+    position = np.dtype(manifest["position_dtype"]).newbyteorder("<")
+    samples = []
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            key, extension = member.name.split(".", 1)
+            assert extension == "msgpack"
+            fields = msgpack.unpackb(tar.extractfile(member).read())
+            fields["input_ids"] = np.frombuffer(fields["input_ids"], dtype=token)
+            fields["masked_lm_ids"] = np.frombuffer(fields["masked_lm_ids"], dtype=token)
+            fields["masked_lm_positions"] = np.frombuffer(fields["masked_lm_positions"], dtype=position)
+            samples.append((key, fields))
+    return samples
+
+
+@pytest.mark.slow
+def test_manifest_matches_the_files(datasets):
+    directory = datasets[2]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["parameters"]["seed"] == 7 and manifest["token_dtype"] == "uint16"
+    totals = {"samples": 0, "tokens": 0}
+    for split, info in manifest["splits"].items():
+        assert info["shards"], split
+        sizes = []
+        for shard in info["shards"]:
+            path = directory / shard["name"]
+            assert shard["name"].startswith(f"{split}-")
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
+            assert path.stat().st_size == shard["bytes"]
+            samples = read_with_tarfile(path, manifest)
+            assert len(samples) == shard["samples"]
+            assert sum(len(s["input_ids"]) for _, s in samples) == shard["tokens"]
+            assert sum(len(s["masked_lm_positions"]) for _, s in samples) == shard["masked_tokens"]
+            sizes.append(len(samples))
+        assert max(sizes) - min(sizes) <= 1
+        assert sum(sizes) == info["samples"]
+        totals["samples"] += info["samples"]
+        totals["tokens"] += info["tokens"]
+    assert manifest["totals"]["samples"] == totals["samples"] == manifest["counters"]["instances"]
+    assert manifest["totals"]["tokens"] == totals["tokens"] == manifest["counters"]["tokens"]
+    assert manifest["counters"]["documents"] == 372
+
+
+@pytest.mark.slow
+def test_samples_follow_the_contract(datasets, tokenizer_dir):
+    directory = datasets[2]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    ids = manifest["tokenizer"]["special_token_ids"]
+    cls, sep, mask, pad = ids["[CLS]"], ids["[SEP]"], ids["[MASK]"], ids["[PAD]"]
+    random_next = total = 0
+    keys = set()
+    for split in ("train", "validation"):
+        for shard in manifest["splits"][split]["shards"]:
+            for key, s in read_with_tarfile(directory / shard["name"], manifest):
+                tokens, positions, b = s["input_ids"], s["masked_lm_positions"], s["segment_b_start"]
+                assert len(tokens) <= 128 and "." not in key and key not in keys
+                keys.add(key)
+                original = unmask(tokens, positions, s["masked_lm_ids"])
+                assert original[0] == cls and original[b - 1] == sep and original[-1] == sep
+                assert np.sum(original == sep) == 2 and not np.isin(original, [pad, mask]).any()
+                maskable = len(tokens) - 3
+                assert len(positions) == min(20, max(1, round(0.15 * maskable)))
+                assert not np.isin(original[positions], [cls, sep, pad]).any()
+                assert np.all(np.diff(positions.astype(int)) > 0)
+                random_next += s["next_sentence_label"]
+                total += 1
+    assert total == manifest["totals"]["samples"]
+    assert 0.4 < random_next / total < 0.7  # 1/2, plus the chunks of one sentence, which are always random
+
+
+@pytest.mark.slow
+def test_plain_webdataset_reads_every_sample(datasets):
+    directory = datasets[2]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    urls = [str(directory / s["name"]) for s in manifest["splits"]["train"]["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert len(samples) == manifest["splits"]["train"]["samples"]
+    first = msgpack.unpackb(samples[0]["msgpack"])
+    assert set(first) == {"input_ids", "masked_lm_positions", "masked_lm_ids", "segment_b_start", "next_sentence_label"}
+
+
+@pytest.mark.slow
+def test_no_document_straddles_the_split(datasets, tokenizer_dir):
+    """Every A segment of a validation sample lies in a validation document, and vice versa."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    splitter = SentenceSplitter()
+    plan = plan_buckets(CORPUS.stat().st_size, PARAMS)
+    streams = {"train": [], "validation": []}
+    with CORPUS.open("rb") as stream:
+        for raw in text_documents(stream, str(CORPUS), 0, CORPUS.stat().st_size, ReadStats()):
+            sentences = [s for p in raw.paragraphs for s in splitter.split(p)]
+            ids = [e.ids for e in tokenizer.encode_batch_fast(sentences, add_special_tokens=False)]
+            tokens = Document.from_sentences(ids).tokens.astype("<i4").tobytes()
+            streams[assign(raw.key, PARAMS, plan)[0]].append(tokens)
+    joined = {split: b"|".join(parts) for split, parts in streams.items()}
+    manifest = json.loads((datasets[2] / "manifest.json").read_text())
+    for split, other in (("validation", "train"), ("train", "validation")):
+        for shard in manifest["splits"][split]["shards"][:2]:
+            for _, s in read_with_tarfile(datasets[2] / shard["name"], manifest):
+                original = unmask(s["input_ids"], s["masked_lm_positions"], s["masked_lm_ids"])
+                segment_a = original[1 : s["segment_b_start"] - 1].astype("<i4").tobytes()
+                assert segment_a in joined[split]
+                if len(segment_a) >= 40:  # long enough not to occur by chance elsewhere
+                    assert segment_a not in joined[other]
+
+
+@pytest.mark.slow
+def test_rerun_is_a_no_op_and_a_different_recipe_is_refused(datasets, tokenizer_dir):
+    directory = datasets[1]
+    before = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+    outcome = preprocess.run([str(CORPUS)], str(tokenizer_dir), str(directory), PARAMS, IN_PROCESS)
+    assert outcome.skipped
+    assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == before
+    changed = JobParams(**{**PARAMS.to_dict(), "dupe_factor": 1})
+    with pytest.raises(PreprocessError, match=r"different recipe \(dupe_factor: 2 -> 1\).*--overwrite"):
+        preprocess.run([str(CORPUS)], str(tokenizer_dir), str(directory), changed, IN_PROCESS)
+    assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_and_removes_stale_shards(tmp_path, datasets, tokenizer_dir):
+    directory = tmp_path / "ds"
+    shutil.copytree(datasets[1], directory)
+    changed = JobParams(**{**PARAMS.to_dict(), "dupe_factor": 1, "shard_mb": 10.0})
+    outcome = preprocess.run([str(CORPUS)], str(tokenizer_dir), str(directory), changed, IN_PROCESS, overwrite=True)
+    shards = sorted(p.name for p in directory.glob("*.tar"))
+    assert shards == ["train-000000.tar", "validation-000000.tar"]
+    assert outcome.manifest["parameters"]["dupe_factor"] == 1
+
+
+def test_foreign_files_in_the_output_are_not_touched(tmp_path, tokenizer_dir):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(PreprocessError, match=r"not empty .*notes\.txt.*--overwrite"):
+        preprocess.run([str(CORPUS)], str(tokenizer_dir), str(tmp_path), PARAMS, IN_PROCESS)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_inputs_are_checked_before_the_pipeline(tmp_path, tokenizer_dir):
+    with pytest.raises(PreprocessError, match=r"matches no file"):
+        preprocess.run([str(tmp_path / "missing-*.txt")], str(tokenizer_dir), str(tmp_path / "o"), PARAMS)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(PreprocessError, match="every input file is empty"):
+        preprocess.run([str(tmp_path / "empty.txt")], str(tokenizer_dir), str(tmp_path / "o"), PARAMS)
+    (tmp_path / "vocab").mkdir()
+    (tmp_path / "vocab" / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[MASK]\nword\n")
+    with pytest.raises(TokenizerError, match=r"\['\[SEP\]'\]"):
+        preprocess.run([str(CORPUS)], str(tmp_path / "vocab"), str(tmp_path / "o"), PARAMS)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_compressed_jsonl_and_text_with_bad_records(tmp_path, tokenizer_dir):
+    paragraphs = [p for p in CORPUS.read_text(encoding="utf-8").split("\n\n") if p.strip()][:60]
+    with gzip.open(tmp_path / "part-0.jsonl.gz", "wt", encoding="utf-8") as handle:
+        for i, text in enumerate(paragraphs[:30]):
+            handle.write(json.dumps({"id": i, "body": text}) + "\n")
+        handle.write("{broken json\n")
+        handle.write(json.dumps({"id": 99, "body": ""}) + "\n")
+    with bz2.open(tmp_path / "part-1.jsonl.bz2", "wt", encoding="utf-8") as handle:
+        for i, text in enumerate(paragraphs[30:]):
+            handle.write(json.dumps({"id": i, "body": text}) + "\n")
+    params = JobParams(**{**PARAMS.to_dict(), "input_format": "jsonl", "text_field": "body", "whole_word_mask": True})
+    outcome = preprocess.run(
+        [str(tmp_path / "*.jsonl.gz"), str(tmp_path / "*.jsonl.bz2")],
+        str(tokenizer_dir),
+        str(tmp_path / "out"),
+        params,
+        IN_PROCESS,
+    )
+    counters = outcome.manifest["counters"]
+    assert counters["documents"] == 61 and counters["malformed_records"] == 1 and counters["empty_documents"] == 1
+    assert outcome.manifest["totals"]["samples"] > 50
+    assert outcome.beam_counters["documents"] == 61  # the runner's metrics agree with the manifest
