@@ -168,10 +168,15 @@ def counted(counters: dict[str, int]) -> beam.pvalue.TaggedOutput:
 
 
 class ReadAndTokenize(beam.DoFn):
-    """A read task -> one file of its tokenized documents grouped by bucket; emits, per bucket,
-    (bucket, (file, start, length)) for that bucket's slice of the file."""
+    """A read task -> its tokenized documents, by bucket.
 
-    def __init__(self, params: JobParams, plan: BucketPlan, tokenizer_json: str, work_dir: str):
+    With a `work_dir` (local runs) they go to one file per task and the element per bucket is
+    (bucket, (file, start, length)) naming that bucket's slice of it; without, the element is
+    (bucket, encoded documents) for the runner's shuffle, which a distributed runner keeps on disk
+    and which scales past the point where tasks x buckets slices would be too many files to read.
+    """
+
+    def __init__(self, params: JobParams, plan: BucketPlan, tokenizer_json: str, work_dir: str | None):
         self.params, self.plan, self.tokenizer_json, self.work_dir = params, plan, tokenizer_json, work_dir
 
     def setup(self) -> None:
@@ -199,17 +204,16 @@ class ReadAndTokenize(beam.DoFn):
         self.tokenize(pending, counters, by_bucket)
         counters.update(read_stats.as_dict())
 
-        path = fs.join(self.work_dir, f"documents-{task.index:06d}.msgpack")
-        slices, offset = [], 0
-        chunks = []
-        for bucket in sorted(by_bucket):
-            data = b"".join(by_bucket[bucket])
-            slices.append((bucket, (path, offset, len(data))))
-            chunks.append(data)
-            offset += len(data)
-        if slices:
-            fs.write_atomically(path, b"".join(chunks))
-        yield from slices
+        chunks = [(bucket, b"".join(by_bucket[bucket])) for bucket in sorted(by_bucket)]
+        if self.work_dir is None:
+            yield from chunks
+        elif chunks:
+            path = fs.join(self.work_dir, f"documents-{task.index:06d}.msgpack")
+            fs.write_atomically(path, b"".join(data for _, data in chunks))
+            offset = 0
+            for bucket, data in chunks:
+                yield bucket, (path, offset, len(data))
+                offset += len(data)
         yield counted(dict(counters))
 
     def read(self, task: ReadTask, stats: docs.ReadStats) -> Iterator[docs.RawDocument]:
@@ -307,10 +311,12 @@ class MakeInstances(beam.DoFn):
         self.dtype = token_dtype(info.vocab_size)
         self.pairing = PairingParams(self.params.max_seq_length, self.params.short_seq_prob)
 
-    def process(self, element: tuple[Bucket, Iterable[tuple[str, int, int]]]) -> Iterator[Any]:
-        (split, bucket), slices = element
+    def process(self, element: tuple[Bucket, Iterable[bytes | tuple[str, int, int]]]) -> Iterator[Any]:
+        (split, bucket), parts = element
         keyed = [
-            pair for path, start, length in slices for pair in decode_documents(fs.read_bytes(path, start, length))
+            pair
+            for part in parts
+            for pair in decode_documents(part if isinstance(part, bytes) else fs.read_bytes(*part))
         ]
         keyed.sort(key=lambda pair: pair[0])  # arrival order is the runner's, not ours
         samples, stats = bucket_instances(
@@ -432,14 +438,15 @@ def build_pipeline(
     tokenizer_json: str,
     output_dir: str,
     recipe: dict[str, Any],
+    shuffle_documents: bool,
 ) -> None:
     work_dir = fs.join(output_dir, WORK_DIR)
+    reader = ReadAndTokenize(params, plan, tokenizer_json, None if shuffle_documents else work_dir)
     read = (
         pipeline
         | "ReadTasks" >> beam.Create(tasks)
         | "SpreadReads" >> beam.Reshuffle()
-        | "ReadAndTokenize"
-        >> beam.ParDo(ReadAndTokenize(params, plan, tokenizer_json, work_dir)).with_outputs("counters", main="slices")
+        | "ReadAndTokenize" >> beam.ParDo(reader).with_outputs("counters", main="slices")
     )
     instances = (
         read.slices
@@ -473,10 +480,20 @@ def run_pipeline(
     output_dir: str,
     recipe: dict[str, Any],
     beam_args: list[str],
+    shuffle_documents: bool | None = None,
 ) -> dict[str, int]:
-    """Run to completion; return the Beam metric counters the runner reports."""
-    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    build_pipeline(pipeline, tasks, params, plan, tokenizer_json, output_dir, recipe)
+    """Run to completion; return the Beam metric counters the runner reports.
+
+    Documents reach their buckets through work files on the local DirectRunner (whose shuffle is
+    in memory) and through the runner's shuffle on any other runner, unless `shuffle_documents`
+    says otherwise. The output bytes are the same either way.
+    """
+    options = PipelineOptions(beam_args)
+    if shuffle_documents is None:
+        runner = str(options.get_all_options().get("runner") or "DirectRunner")
+        shuffle_documents = runner.rsplit(".", 1)[-1] not in ("DirectRunner", "SwitchingDirectRunner")
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, tasks, params, plan, tokenizer_json, output_dir, recipe, shuffle_documents)
     result = pipeline.run()
     result.wait_until_finish()
     metrics: dict[str, int] = {}

@@ -119,6 +119,7 @@ def run(
     params: JobParams,
     beam_args: list[str] | None = None,
     overwrite: bool = False,
+    shuffle_documents: bool | None = None,
 ) -> Outcome:
     files = match_inputs(inputs)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -148,7 +149,7 @@ def run(
         output_dir,
     )
     counters = beam_job.run_pipeline(
-        tasks, params, plan, tokenizer.to_str(), output_dir, recipe, beam_args or default_beam_args()
+        tasks, params, plan, tokenizer.to_str(), output_dir, recipe, beam_args or default_beam_args(), shuffle_documents
     )
     manifest = fs.read_json(fs.join(output_dir, MANIFEST_NAME))
     return Outcome(manifest=manifest, skipped=False, beam_counters=counters)

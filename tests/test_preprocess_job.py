@@ -69,6 +69,15 @@ def test_one_and_two_workers_write_identical_bytes(datasets):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
 
 
+@pytest.mark.slow
+def test_documents_through_the_runners_shuffle_give_the_same_bytes(tmp_path, datasets, tokenizer_dir):
+    """The mode distributed runners use (documents shuffled by Beam, not through work files)."""
+    directory = tmp_path / "ds"
+    preprocess.run([str(CORPUS)], str(tokenizer_dir), str(directory), PARAMS, IN_PROCESS, shuffle_documents=True)
+    for path in datasets[1].iterdir():
+        assert (directory / path.name).read_bytes() == path.read_bytes(), path.name
+
+
 def read_with_tarfile(path: Path, manifest: dict) -> list[tuple[str, dict]]:
     token = np.dtype(manifest["token_dtype"]).newbyteorder("<")
     position = np.dtype(manifest["position_dtype"]).newbyteorder("<")
