@@ -40,6 +40,7 @@ format: install
 
 bench: install
 	$(PY) benchmarks/model_step.py
+	$(PY) benchmarks/preprocess.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -7,6 +7,7 @@ Every class keeps the encoder under `bert.` and its head under Hugging Face's na
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -100,58 +101,51 @@ class BertForPreTraining(PreTrainedMixin, nn.Module):
         return out
 
 
-class BertForSequenceClassification(PreTrainedMixin, nn.Module):
-    """Pooled [CLS] -> dropout -> linear over `config.num_labels` classes."""
+class _LinearClassifier(PreTrainedMixin, nn.Module):
+    """Encoder -> dropout -> linear over `config.num_labels`, on the pooled [CLS] or on every token."""
+
+    per_token: ClassVar[bool]
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=not self.per_token)
+        dropout = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ClassificationOutput:
+        sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask)
+        features = sequence_output if self.per_token else pooled_output
+        logits = self.classifier(self.dropout(features))
+        out = ClassificationOutput(logits=logits)
+        if labels is not None:
+            result = cross_entropy_and_counts(logits, labels)
+            out.loss, out.correct, out.count = result.loss, result.correct, result.count
+        return out
+
+
+class BertForSequenceClassification(_LinearClassifier):
+    """Pooled [CLS] -> dropout -> linear: logits (batch, labels)."""
 
     hf_architecture = "BertForSequenceClassification"
     initializable_prefixes = ("classifier.", "bert.pooler.")
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = BertModel(config)
-        dropout = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.init_weights()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> ClassificationOutput:
-        _, pooled_output = self.bert(input_ids, token_type_ids, attention_mask)
-        logits = self.classifier(self.dropout(pooled_output))
-        return _classification_output(logits, labels)
+    per_token = False
 
 
-class BertForTokenClassification(PreTrainedMixin, nn.Module):
-    """Per-token linear over `config.num_labels` tags; labels IGNORE_INDEX are left out of the loss."""
+class BertForTokenClassification(_LinearClassifier):
+    """Per-token logits (batch, seq, labels); labels IGNORE_INDEX are left out of the loss."""
 
     hf_architecture = "BertForTokenClassification"
     initializable_prefixes = ("classifier.",)
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = BertModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.init_weights()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> ClassificationOutput:
-        sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask)
-        logits = self.classifier(self.dropout(sequence_output))
-        return _classification_output(logits, labels)
+    per_token = True
 
 
 class BertForQuestionAnswering(PreTrainedMixin, nn.Module):
@@ -185,11 +179,3 @@ class BertForQuestionAnswering(PreTrainedMixin, nn.Module):
             end_loss = F.cross_entropy(end_logits.float(), end_positions.clamp(0, outside), ignore_index=outside)
             out.loss = (start_loss + end_loss) / 2
         return out
-
-
-def _classification_output(logits: torch.Tensor, labels: torch.Tensor | None) -> ClassificationOutput:
-    out = ClassificationOutput(logits=logits)
-    if labels is not None:
-        result = cross_entropy_and_counts(logits, labels)
-        out.loss, out.correct, out.count = result.loss, result.correct, result.count
-    return out

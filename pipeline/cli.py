@@ -74,6 +74,7 @@ def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
         seed=args.seed,
         bucket_mb=args.bucket_mb,
         shard_mb=args.shard_mb,
+        language=args.language,
     )
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         beam_args = preprocess.default_beam_args() + beam_args
@@ -132,10 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--masked-lm-prob", type=float, default=0.15)
     pre.add_argument("--short-seq-prob", type=float, default=0.1)
     pre.add_argument("--dupe-factor", type=int, default=5, help="passes over the corpus with new randomness")
+    pre.add_argument("--language", default="en", help="language code for sentence segmentation (sentencex)")
     pre.add_argument("--whole-word-mask", action="store_true", help="mask a word and its ## pieces together")
     pre.add_argument("--validation-fraction", type=float, default=0.01, help="share of documents held out")
     pre.add_argument("--seed", type=int, default=12345)
-    pre.add_argument("--bucket-mb", type=float, default=8.0, help="input per bucket that random B segments come from")
+    pre.add_argument("--bucket-mb", type=float, default=2.0, help="input per bucket that random B segments come from")
     pre.add_argument("--shard-mb", type=float, default=64.0, help="target shard size")
     pre.add_argument("--overwrite", action="store_true", help="replace a different dataset in --output")
     pre.set_defaults(handler=_preprocess, beam_passthrough=True)

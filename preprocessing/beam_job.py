@@ -68,7 +68,7 @@ class JobParams:
     whole_word_mask: bool = False
     validation_fraction: float = 0.01
     seed: int = 12345
-    bucket_mb: float = 8.0
+    bucket_mb: float = 2.0
     shard_mb: float = 64.0
     language: str = "en"
     sentence_splitter: str = field(default_factory=SentenceSplitter.description)
@@ -119,7 +119,7 @@ class BucketPlan:
         return self.train if split == "train" else self.validation
 
 
-def plan_reads(files: list[tuple[str, int]], input_format: str) -> list[ReadTask]:
+def plan_reads(files: list[tuple[str, int]], input_format: str, text_field: str) -> list[ReadTask]:
     """Byte ranges of uncompressed text and JSON Lines, whole compressed files, Parquet row groups."""
     total = sum(size for _, size in files)
     step = int(min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, total // 64)))
@@ -129,7 +129,13 @@ def plan_reads(files: list[tuple[str, int]], input_format: str) -> list[ReadTask
             import pyarrow.parquet as pq
 
             with FileSystems.open(path, compression_type=fs.RAW) as handle:
-                groups = pq.ParquetFile(handle).num_row_groups
+                parquet = pq.ParquetFile(handle)
+                columns = parquet.schema_arrow.names
+                if text_field not in columns:
+                    raise ValueError(
+                        f"{path} has no column {text_field!r} (columns: {columns}); choose one with --text-field"
+                    )
+                groups = parquet.num_row_groups
             spans.extend((path, 0, size, False, g) for g in range(groups))
         elif fs.is_compressed(path):
             spans.append((path, 0, size, True, -1))
@@ -186,7 +192,9 @@ class ReadAndTokenize(beam.DoFn):
         self.tokenizer = Tokenizer.from_str(self.tokenizer_json)
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        self.splitter = SentenceSplitter(self.params.language, max_sentence_chars=self.params.max_seq_length * 40)
+        # A sentence of more than ~10 characters per token of the sequence can never fit whole; the
+        # cut also bounds the rare paragraph sentencex leaves unsplit (one starting with "(a)").
+        self.splitter = SentenceSplitter(self.params.language, max_sentence_chars=self.params.max_seq_length * 10)
 
     def process(self, task: ReadTask) -> Iterator[Any]:
         read_stats = docs.ReadStats()
@@ -263,13 +271,7 @@ def parquet_documents(task: ReadTask, column: str, stats: docs.ReadStats) -> Ite
     import pyarrow.parquet as pq
 
     with FileSystems.open(task.path, compression_type=fs.RAW) as handle:
-        parquet = pq.ParquetFile(handle)
-        if column not in parquet.schema_arrow.names:
-            raise ValueError(
-                f"{task.path} has no column {column!r} (columns: {parquet.schema_arrow.names}); "
-                f"choose one with --text-field"
-            )
-        table = parquet.read_row_group(task.row_group, columns=[column])
+        table = pq.ParquetFile(handle).read_row_group(task.row_group, columns=[column])
         for row, text in enumerate(table.column(column).to_pylist()):
             if not isinstance(text, str):
                 stats.malformed_records += 1
@@ -430,21 +432,24 @@ class WriteManifest(beam.DoFn):
         yield path
 
 
-def build_pipeline(
-    pipeline: beam.Pipeline,
-    tasks: list[ReadTask],
-    params: JobParams,
-    plan: BucketPlan,
-    tokenizer_json: str,
-    output_dir: str,
-    recipe: dict[str, Any],
-    shuffle_documents: bool,
-) -> None:
-    work_dir = fs.join(output_dir, WORK_DIR)
-    reader = ReadAndTokenize(params, plan, tokenizer_json, None if shuffle_documents else work_dir)
+@dataclass(frozen=True)
+class Job:
+    """One preprocessing run, as the pipeline needs it."""
+
+    tasks: list[ReadTask]
+    params: JobParams
+    plan: BucketPlan
+    tokenizer_json: str
+    output_dir: str
+    recipe: dict[str, Any]  # the manifest's fixed part: parameters, inputs, tokenizer, dtypes
+
+
+def build_pipeline(pipeline: beam.Pipeline, job: Job, shuffle_documents: bool) -> None:
+    work_dir = fs.join(job.output_dir, WORK_DIR)
+    reader = ReadAndTokenize(job.params, job.plan, job.tokenizer_json, None if shuffle_documents else work_dir)
     read = (
         pipeline
-        | "ReadTasks" >> beam.Create(tasks)
+        | "ReadTasks" >> beam.Create(job.tasks)
         | "SpreadReads" >> beam.Reshuffle()
         | "ReadAndTokenize" >> beam.ParDo(reader).with_outputs("counters", main="slices")
     )
@@ -452,14 +457,14 @@ def build_pipeline(
         read.slices
         | "GroupBuckets" >> beam.GroupByKey()
         | "MakeInstances"
-        >> beam.ParDo(MakeInstances(params, tokenizer_json, work_dir)).with_outputs("counters", main="buckets")
+        >> beam.ParDo(MakeInstances(job.params, job.tokenizer_json, work_dir)).with_outputs("counters", main="buckets")
     )
     records = (
         instances.buckets
         | "AllBuckets" >> beam.combiners.ToDict()
-        | "PlanShards" >> beam.FlatMap(plan_shards, shard_mb=params.shard_mb)
+        | "PlanShards" >> beam.FlatMap(plan_shards, shard_mb=job.params.shard_mb)
         | "SpreadShards" >> beam.Reshuffle()
-        | "WriteShards" >> beam.ParDo(WriteShard(output_dir))
+        | "WriteShards" >> beam.ParDo(WriteShard(job.output_dir))
         | "AllRecords" >> beam.combiners.ToList()
     )
     counters = (
@@ -468,20 +473,11 @@ def build_pipeline(
         | "SumCounters" >> beam.CombineGlobally(sum_counters)
     )
     _ = records | "WriteManifest" >> beam.ParDo(
-        WriteManifest(output_dir, work_dir, recipe), counters=beam.pvalue.AsSingleton(counters)
+        WriteManifest(job.output_dir, work_dir, job.recipe), counters=beam.pvalue.AsSingleton(counters)
     )
 
 
-def run_pipeline(
-    tasks: list[ReadTask],
-    params: JobParams,
-    plan: BucketPlan,
-    tokenizer_json: str,
-    output_dir: str,
-    recipe: dict[str, Any],
-    beam_args: list[str],
-    shuffle_documents: bool | None = None,
-) -> dict[str, int]:
+def run_pipeline(job: Job, beam_args: list[str], shuffle_documents: bool | None = None) -> dict[str, int]:
     """Run to completion; return the Beam metric counters the runner reports.
 
     Documents reach their buckets through work files on the local DirectRunner (whose shuffle is
@@ -493,7 +489,7 @@ def run_pipeline(
         runner = str(options.get_all_options().get("runner") or "DirectRunner")
         shuffle_documents = runner.rsplit(".", 1)[-1] not in ("DirectRunner", "SwitchingDirectRunner")
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, tasks, params, plan, tokenizer_json, output_dir, recipe, shuffle_documents)
+    build_pipeline(pipeline, job, shuffle_documents)
     result = pipeline.run()
     result.wait_until_finish()
     metrics: dict[str, int] = {}

@@ -121,7 +121,9 @@ def run(
     overwrite: bool = False,
     shuffle_documents: bool | None = None,
 ) -> Outcome:
+    """Check everything that can be checked, then run the job; bad input fails before any output."""
     files = match_inputs(inputs)
+    tasks = beam_job.plan_reads(files, params.input_format, params.text_field)
     tokenizer = load_tokenizer(tokenizer_dir)
     info = tokenizer_info(tokenizer)
     recipe = {
@@ -138,7 +140,6 @@ def run(
 
     for name, data in tokenizer_files(tokenizer).items():  # beside the shards, for the trainer
         fs.write_atomically(fs.join(output_dir, name), data)
-    tasks = beam_job.plan_reads(files, params.input_format)
     plan = beam_job.plan_buckets(sum(size for _, size in files), params)
     logger.info(
         "%d input files, %d read tasks, %d + %d buckets -> %s",
@@ -148,9 +149,8 @@ def run(
         plan.validation,
         output_dir,
     )
-    counters = beam_job.run_pipeline(
-        tasks, params, plan, tokenizer.to_str(), output_dir, recipe, beam_args or default_beam_args(), shuffle_documents
-    )
+    job = beam_job.Job(tasks, params, plan, tokenizer.to_str(), output_dir, recipe)
+    counters = beam_job.run_pipeline(job, beam_args or default_beam_args(), shuffle_documents)
     manifest = fs.read_json(fs.join(output_dir, MANIFEST_NAME))
     return Outcome(manifest=manifest, skipped=False, beam_counters=counters)
 

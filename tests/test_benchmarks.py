@@ -47,3 +47,20 @@ def test_model_step_benchmark_writes_json(tmp_path, dtype):
     assert result["speedup_vs_transformers"] == pytest.approx(ratio)
     losses = result["initial_loss"]
     assert losses["ours"] == pytest.approx(losses["transformers"], rel=1e-4 if dtype == "fp32" else 5e-2)
+
+
+@pytest.mark.slow
+def test_preprocess_benchmark_writes_json(tmp_path):
+    out = tmp_path / "preprocess.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/preprocess.py"), "--corpus-mb", "1", "--scale", "2", "--repeat", "1",
+         "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    one, two, scaled = result["runs"]
+    assert (one["workers"], two["workers"], scaled["workers"]) == (1, 2, 2)
+    assert one["output_tokens"] == two["output_tokens"] > 0  # same corpus, same dataset
+    assert scaled["corpus_bytes"] >= 2 * one["corpus_bytes"] * 0.95
+    assert all(run["peak_rss_bytes"] > 0 for run in result["runs"])
+    assert result["speedup_2_workers"] == pytest.approx(two["tokens_per_s"] / one["tokens_per_s"])

@@ -252,3 +252,24 @@ def test_compressed_jsonl_and_text_with_bad_records(tmp_path, tokenizer_dir):
     assert counters["documents"] == 61 and counters["malformed_records"] == 1 and counters["empty_documents"] == 1
     assert outcome.manifest["totals"]["samples"] > 50
     assert outcome.beam_counters["documents"] == 61  # the runner's metrics agree with the manifest
+
+
+@pytest.mark.slow
+def test_parquet_row_groups(tmp_path, tokenizer_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    documents = [d for d in CORPUS.read_text(encoding="utf-8").split("\n\n") if d.strip()][:40]
+    table = pa.table({"content": [*documents, None], "id": list(range(len(documents) + 1))})
+    pq.write_table(table, tmp_path / "docs.parquet", row_group_size=15)  # three row groups
+    params = JobParams(**{**PARAMS.to_dict(), "input_format": "parquet", "text_field": "content"})
+    outcome = preprocess.run(
+        [str(tmp_path / "docs.parquet")], str(tokenizer_dir), str(tmp_path / "out"), params, IN_PROCESS
+    )
+    assert outcome.manifest["counters"]["documents"] == 40
+    assert outcome.manifest["counters"]["malformed_records"] == 1  # the null row
+    assert outcome.manifest["totals"]["samples"] > 30
+
+    wrong = JobParams(**{**params.to_dict(), "text_field": "body"})
+    with pytest.raises(ValueError, match=r"has no column 'body' \(columns: \['content', 'id'\]\).*--text-field"):
+        preprocess.run([str(tmp_path / "docs.parquet")], str(tokenizer_dir), str(tmp_path / "out2"), wrong, IN_PROCESS)
