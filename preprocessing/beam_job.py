@@ -101,6 +101,7 @@ class JobParams:
 class ReadTask:
     index: int
     path: str
+    name: str  # the path below the inputs' common directory: names documents wherever the corpus lives
     start: int
     end: int
     compressed: bool
@@ -123,7 +124,8 @@ def plan_reads(files: list[tuple[str, int]], input_format: str, text_field: str)
     """Byte ranges of uncompressed text and JSON Lines, whole compressed files, Parquet row groups."""
     total = sum(size for _, size in files)
     step = int(min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, total // 64)))
-    spans: list[tuple[str, int, int, bool, int]] = []
+    common = common_directory([path for path, _ in files])
+    spans: list[tuple[str, str, int, int, bool, int]] = []
     for path, size in files:
         if input_format == "parquet":
             import pyarrow.parquet as pq
@@ -136,12 +138,21 @@ def plan_reads(files: list[tuple[str, int]], input_format: str, text_field: str)
                         f"{path} has no column {text_field!r} (columns: {columns}); choose one with --text-field"
                     )
                 groups = parquet.num_row_groups
-            spans.extend((path, 0, size, False, g) for g in range(groups))
+            spans.extend((path, path[len(common) :], 0, size, False, g) for g in range(groups))
         elif fs.is_compressed(path):
-            spans.append((path, 0, size, True, -1))
+            spans.append((path, path[len(common) :], 0, size, True, -1))
         else:
-            spans.extend((path, start, min(size, start + step), False, -1) for start in range(0, size, step))
+            name = path[len(common) :]
+            spans.extend((path, name, start, min(size, start + step), False, -1) for start in range(0, size, step))
     return [ReadTask(i, *span) for i, span in enumerate(spans)]
+
+
+def common_directory(paths: list[str]) -> str:
+    """The longest directory prefix (ending in "/") that all paths share."""
+    prefix = paths[0].rsplit("/", 1)[0] + "/" if "/" in paths[0] else ""
+    while prefix and not all(p.startswith(prefix) for p in paths):
+        prefix = prefix[:-1].rsplit("/", 1)[0] + "/" if "/" in prefix[:-1] else ""
+    return prefix
 
 
 def plan_buckets(total_bytes: int, params: JobParams) -> BucketPlan:
@@ -231,9 +242,9 @@ class ReadAndTokenize(beam.DoFn):
         end = 1 << 62 if task.compressed else task.end
         with fs.open_input(task.path) as stream:
             if self.params.input_format == "text":
-                yield from docs.text_documents(stream, task.path, task.start, end, stats)
+                yield from docs.text_documents(stream, task.name, task.start, end, stats)
             else:
-                yield from docs.jsonl_documents(stream, task.path, task.start, end, self.params.text_field, stats)
+                yield from docs.jsonl_documents(stream, task.name, task.start, end, self.params.text_field, stats)
 
     def tokenize(
         self,
@@ -276,7 +287,7 @@ def parquet_documents(task: ReadTask, column: str, stats: docs.ReadStats) -> Ite
             if not isinstance(text, str):
                 stats.malformed_records += 1
                 continue
-            yield from docs.text_record(text, f"{task.path}@{task.row_group}:{row}", stats)
+            yield from docs.text_record(text, f"{task.name}@{task.row_group}:{row}", stats)
 
 
 @dataclass(frozen=True)
