@@ -10,6 +10,7 @@ the longer side, each token from the front or the back at random.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ class Document:
 
     @classmethod
     def from_sentences(cls, sentences: Sequence[Sequence[int]], dtype=np.int32) -> Document:
-        lengths = [len(s) for s in sentences if len(s)]
-        tokens = np.fromiter((t for s in sentences for t in s), dtype=dtype, count=sum(lengths))
+        lengths = [length for length in map(len, sentences) if length]
+        tokens = np.fromiter(itertools.chain.from_iterable(sentences), dtype=dtype, count=sum(lengths))
         return cls(tokens=tokens, offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64))
 
     @property
