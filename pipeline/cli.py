@@ -35,6 +35,7 @@ def _model_info(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _tokenizer_train(args: argparse.Namespace, _: list[str]) -> int:
+    from preprocessing.preprocess import guess_format
     from preprocessing.train_tokenizer import train
 
     size = train(
@@ -51,15 +52,10 @@ def _tokenizer_train(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-def guess_format(inputs: list[str]) -> str:
-    from preprocessing.preprocess import guess_format
-
-    return guess_format(inputs)
-
-
 def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
     from preprocessing import preprocess
     from preprocessing.beam_job import JobParams
+    from preprocessing.preprocess import guess_format
 
     params = JobParams(
         input_format=args.format or guess_format(args.input),

@@ -52,6 +52,8 @@ MAX_RANGE_BYTES = 64 << 20
 TOKENIZE_BATCH_SENTENCES = 4096
 
 Bucket = tuple[str, int]  # (split, bucket index)
+# Runners that execute on this machine and keep their shuffles in memory.
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
 
 
 @dataclass(frozen=True)
@@ -498,7 +500,7 @@ def run_pipeline(job: Job, beam_args: list[str], shuffle_documents: bool | None 
     options = PipelineOptions(beam_args)
     if shuffle_documents is None:
         runner = str(options.get_all_options().get("runner") or "DirectRunner")
-        shuffle_documents = runner.rsplit(".", 1)[-1] not in ("DirectRunner", "SwitchingDirectRunner")
+        shuffle_documents = runner.rsplit(".", 1)[-1] not in LOCAL_RUNNERS
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, job, shuffle_documents)
     result = pipeline.run()

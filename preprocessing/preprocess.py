@@ -40,10 +40,12 @@ class Outcome:
 
 
 def default_beam_args() -> list[str]:
-    """The local DirectRunner with one worker process per core."""
+    """Beam's local runner with one worker process per core. FnApiRunner is the engine the
+    DirectRunner uses for batch jobs; named directly, it skips the DirectRunner's first attempt
+    to download and start the Prism runner binary, which fails without network access."""
     workers = max(1, min(os.cpu_count() or 1, 8))
     return [
-        "--runner=DirectRunner",
+        "--runner=FnApiRunner",
         "--direct_running_mode=multi_processing",
         f"--direct_num_workers={workers}",
         "--default_sdk_harness_log_level=WARNING",
@@ -51,7 +53,7 @@ def default_beam_args() -> list[str]:
 
 
 def guess_format(paths: list[str]) -> str:
-    names = [p.lower().removesuffix(".gz").removesuffix(".bz2") for p in paths]
+    names = [p.lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz") for p in paths]
     if all(n.endswith(".parquet") for n in names):
         return "parquet"
     if all(n.endswith((".jsonl", ".json", ".ndjson")) for n in names):

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "pydocs" / "corpus.txt"
 BERTPIPE = str(Path(sys.executable).parent / "bertpipe")
-IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
+IN_PROCESS = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
 
 
 def run(*command: str, **env: str) -> subprocess.CompletedProcess:

@@ -27,12 +27,12 @@ from preprocessing.tokenizer import TokenizerError, load_tokenizer, tokenizer_fi
 
 CORPUS = Path(__file__).parent / "data" / "pydocs" / "corpus.txt"
 PARAMS = JobParams(dupe_factor=2, validation_fraction=0.1, bucket_mb=0.1, shard_mb=0.15, seed=7)
-IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+IN_PROCESS = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
 def workers(n: int) -> list[str]:
     return [
-        "--runner=DirectRunner",
+        "--runner=FnApiRunner",
         "--direct_running_mode=multi_processing",
         f"--direct_num_workers={n}",
         "--default_sdk_harness_log_level=WARNING",
@@ -291,3 +291,21 @@ def test_common_directory():
     assert common_directory(["/x/y/z.txt"]) == "/x/y/"
     assert common_directory(["gs://bucket/c/1.txt", "gs://bucket/c/2.txt"]) == "gs://bucket/c/"
     assert common_directory(["a.txt", "b.txt"]) == ""
+
+
+def test_a_retried_bundle_rewrites_the_same_bytes(tmp_path, tokenizer_dir):
+    """Runners retry failed bundles; each step's files depend only on its input, so a second
+    attempt replaces them with the same bytes and leaves no temporary file behind."""
+    from preprocessing.beam_job import ReadAndTokenize, ReadTask
+
+    tokenizer_json = load_tokenizer(tokenizer_dir).to_str()
+    plan = plan_buckets(CORPUS.stat().st_size, PARAMS)
+    task = ReadTask(0, str(CORPUS), CORPUS.name, 0, 200_000, False)
+    attempts = []
+    for _ in range(2):
+        step = ReadAndTokenize(PARAMS, plan, tokenizer_json, str(tmp_path))
+        step.setup()
+        outputs = [o for o in step.process(task) if isinstance(o, tuple)]
+        attempts.append((outputs, (tmp_path / "documents-000000.msgpack").read_bytes()))
+    assert attempts[0] == attempts[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["documents-000000.msgpack"]
