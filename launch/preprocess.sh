@@ -7,7 +7,8 @@
 #
 # Every other option goes to `bertpipe preprocess` (see `bertpipe preprocess --help`), and options it
 # does not know go to Beam, e.g. --runner=DataflowRunner --project=P --region=R
-# --temp_location=gs://bucket/tmp. Without --runner the local DirectRunner runs one worker per core.
+# --temp_location=gs://bucket/tmp. Without --runner, Beam's local runner (FnApiRunner) runs one worker
+# process per core.
 # BERTPIPE names the bertpipe executable (default: the project's .venv, else the one on PATH).
 set -euo pipefail
 

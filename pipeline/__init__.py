@@ -1,0 +1,1 @@
+"""Training and fine-tuning runtime, and the `bertpipe` command line."""

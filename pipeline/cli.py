@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="corpus -> pre-masked WebDataset shards (Beam job)",
         description="Options this command does not know are Beam pipeline options, e.g. "
         "--runner=DataflowRunner --project=P --region=R --temp_location=gs://...; without --runner the "
-        "local DirectRunner runs one worker process per core (--direct_num_workers=N to change).",
+        "local FnApiRunner runs one worker process per core (--direct_num_workers=N to change).",
     )
     _add_input_arguments(pre)
     pre.add_argument("--tokenizer", required=True, help="directory with tokenizer.json or vocab.txt")

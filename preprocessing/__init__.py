@@ -1,0 +1,1 @@
+"""Corpus to pre-masked WebDataset shards: pure algorithm modules and the Beam job that runs them."""

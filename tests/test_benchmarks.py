@@ -58,8 +58,9 @@ def test_preprocess_benchmark_writes_json(tmp_path):
         check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     result = json.loads(out.read_text())
-    one, two, scaled = result["runs"]
-    assert (one["workers"], two["workers"], scaled["workers"]) == (1, 2, 2)
+    one, two, scaled, scaled_one = result["runs"]
+    assert (one["workers"], two["workers"], scaled["workers"], scaled_one["workers"]) == (1, 2, 2, 1)
+    assert scaled["output_tokens"] == scaled_one["output_tokens"]
     assert one["output_tokens"] == two["output_tokens"] > 0  # same corpus, same dataset
     assert scaled["corpus_bytes"] >= 2 * one["corpus_bytes"] * 0.95
     assert all(run["peak_rss_bytes"] > 0 for run in result["runs"])
