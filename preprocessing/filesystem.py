@@ -31,22 +31,29 @@ def write_atomically(path: str, data: bytes) -> None:
     FileSystems.rename([temporary], [path])
 
 
-def open_decompressed(path: str) -> BinaryIO:
-    """A readable binary stream of a compressed file's content (gzip, bzip2, xz by name).
-
-    Python's own decompressors, over Beam's raw stream, because Beam's compressed reader has no
-    bounded readline and the line readers need one."""
-    if path.endswith(".gz"):
-        return gzip.GzipFile(fileobj=FileSystems.open(path, compression_type=RAW), mode="rb")
-    if path.endswith(".bz2"):
-        return bz2.BZ2File(FileSystems.open(path, compression_type=RAW))
-    if path.endswith((".xz", ".lzma")):
-        return lzma.LZMAFile(FileSystems.open(path, compression_type=RAW))
-    raise ValueError(f"{path}: unsupported compression; use .gz, .bz2 or .xz, or decompress it first")
+# Python's own decompressors, over Beam's raw stream: Beam's compressed reader has no bounded
+# readline, which the line readers need.
+DECOMPRESSORS = {
+    ".gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    ".bz2": bz2.BZ2File,
+    ".xz": lzma.LZMAFile,
+    ".lzma": lzma.LZMAFile,
+}
 
 
 def is_compressed(path: str) -> bool:
-    return CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
+    """Compressed by its name; an error for compressions this job cannot read."""
+    if CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED:
+        return False
+    if not path.endswith(tuple(DECOMPRESSORS)):
+        raise ValueError(f"{path}: unsupported compression; use .gz, .bz2 or .xz, or decompress it first")
+    return True
+
+
+def open_decompressed(path: str) -> BinaryIO:
+    """A readable binary stream of a compressed file's content."""
+    suffix = next(s for s in DECOMPRESSORS if path.endswith(s))
+    return DECOMPRESSORS[suffix](FileSystems.open(path, compression_type=RAW))
 
 
 def open_input(path: str) -> BinaryIO:

@@ -309,3 +309,16 @@ def test_a_retried_bundle_rewrites_the_same_bytes(tmp_path, tokenizer_dir):
         attempts.append((outputs, (tmp_path / "documents-000000.msgpack").read_bytes()))
     assert attempts[0] == attempts[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["documents-000000.msgpack"]
+
+
+def test_unsupported_compression_and_impossible_parameters_fail_early(tmp_path, tokenizer_dir):
+    (tmp_path / "corpus.txt.zst").write_bytes(b"\x28\xb5\x2f\xfd not really zstd")
+    with pytest.raises(ValueError, match=r"corpus\.txt\.zst: unsupported compression; use \.gz, \.bz2 or \.xz"):
+        preprocess.run([str(tmp_path / "corpus.txt.zst")], str(tokenizer_dir), str(tmp_path / "o"), PARAMS)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match=r"max_predictions_per_seq=200 must be between 1 and .* = 125"):
+        JobParams(max_predictions_per_seq=200)
+    with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\)"):
+        JobParams(validation_fraction=1.0)
+    with pytest.raises(ValueError, match=r"input format 'csv' is not one of"):
+        JobParams(input_format="csv")
