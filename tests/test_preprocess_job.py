@@ -322,3 +322,26 @@ def test_unsupported_compression_and_impossible_parameters_fail_early(tmp_path, 
         JobParams(validation_fraction=1.0)
     with pytest.raises(ValueError, match=r"input format 'csv' is not one of"):
         JobParams(input_format="csv")
+
+
+@pytest.mark.slow
+def test_real_shards_collate_into_model_batches(datasets):
+    import torch
+
+    from model import BertConfig, BertForPreTraining
+    from pipeline.collate import collate
+    from pipeline.dataset_check import check_against_model, load_manifest
+    from preprocessing.shards import decode_sample
+
+    manifest = load_manifest(datasets[2])
+    config = BertConfig.from_preset("tiny", vocab_size=manifest["tokenizer"]["vocab_size"])
+    check_against_model(manifest, config)
+    shard = datasets[2] / manifest["splits"]["train"]["shards"][0]["name"]
+    dtype = np.dtype(manifest["token_dtype"])
+    with tarfile.open(shard) as tar:
+        samples = [decode_sample(tar.extractfile(m).read(), dtype) for m in tar.getmembers()[:16]]
+    batch = collate(samples, pad_id=0, max_predictions=manifest["parameters"]["max_predictions_per_seq"])
+    assert batch["input_ids"].shape[1] % 8 == 0
+    out = BertForPreTraining(config)(**batch)
+    assert out.mlm_count.item() == sum(len(s.masked_lm_positions) for s in samples)
+    assert torch.isfinite(out.loss) and 5 < out.mlm_loss.item() < 12  # ~ln(3000) = 8 at initialisation

@@ -1,0 +1,56 @@
+"""A dataset's manifest checked against the model before any compute: a vocabulary or length that
+does not fit would otherwise surface as an index error deep inside the first step, or not at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from model.config import BertConfig
+from preprocessing.filesystem import exists, join, read_json
+from preprocessing.manifest import FORMAT_VERSION, MANIFEST_NAME
+
+
+class DatasetMismatch(ValueError):
+    """The dataset and the model disagree; the message names both values."""
+
+
+def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
+    path = join(str(dataset_dir), MANIFEST_NAME)
+    if not exists(str(dataset_dir)):
+        raise FileNotFoundError(f"dataset directory {dataset_dir} does not exist; run `bertpipe preprocess` first")
+    if not exists(path):
+        raise FileNotFoundError(
+            f"{dataset_dir} has no {MANIFEST_NAME}: not a finished dataset (an interrupted `bertpipe preprocess` "
+            f"leaves none; rerun it into the same directory)"
+        )
+    manifest = read_json(path)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DatasetMismatch(
+            f"{path} has format_version {manifest.get('format_version')!r}; this version reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def check_against_model(manifest: dict[str, Any], config: BertConfig) -> None:
+    """Vocabulary size, sequence length and [PAD] id must agree."""
+    tokenizer = manifest["tokenizer"]
+    parameters = manifest["parameters"]
+    problems = []
+    if tokenizer["vocab_size"] != config.vocab_size:
+        problems.append(
+            f"the dataset's vocabulary has {tokenizer['vocab_size']} tokens but the model's vocab_size is "
+            f"{config.vocab_size}"
+        )
+    if parameters["max_seq_length"] > config.max_position_embeddings:
+        problems.append(
+            f"the dataset's max_seq_length is {parameters['max_seq_length']} but the model has only "
+            f"{config.max_position_embeddings} positions (max_position_embeddings)"
+        )
+    pad_id = tokenizer["special_token_ids"]["[PAD]"]
+    if pad_id != config.pad_token_id:
+        problems.append(f"the dataset's [PAD] id is {pad_id} but the model's pad_token_id is {config.pad_token_id}")
+    if problems:
+        raise DatasetMismatch(
+            "; ".join(problems) + "; preprocess with the model's tokenizer or change the model config"
+        )
