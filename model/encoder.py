@@ -35,26 +35,27 @@ def check_inputs(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, c
             f"sequence length {seq_len} exceeds max_position_embeddings={config.max_position_embeddings}; "
             f"truncate or window the inputs to at most {config.max_position_embeddings} tokens"
         )
+    if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
+        raise ValueError(
+            f"token_type_ids shape {tuple(token_type_ids.shape)} differs from input_ids shape {tuple(input_ids.shape)}"
+        )
     if torch.compiler.is_compiling() or input_ids.numel() == 0:
         return  # value checks need a host sync, which would break a compiled graph
-    low, high = torch.aminmax(input_ids)
-    if low.item() < 0 or high.item() >= config.vocab_size:
-        raise ValueError(
-            f"token ids must lie in [0, {config.vocab_size}) (vocab_size), got ids from {low.item()} to "
-            f"{high.item()}; was the data tokenized with a different vocabulary?"
-        )
+    # One device-to-host transfer for all four bounds: this runs at every step.
+    bounds = [*torch.aminmax(input_ids)]
     if token_type_ids is not None:
-        if token_type_ids.shape != input_ids.shape:
-            raise ValueError(
-                f"token_type_ids shape {tuple(token_type_ids.shape)} differs from input_ids shape "
-                f"{tuple(input_ids.shape)}"
-            )
-        low, high = torch.aminmax(token_type_ids)
-        if low.item() < 0 or high.item() >= config.type_vocab_size:
-            raise ValueError(
-                f"token_type_ids must lie in [0, {config.type_vocab_size}) (type_vocab_size), got "
-                f"{low.item()} to {high.item()}"
-            )
+        bounds += [*torch.aminmax(token_type_ids)]
+    values = torch.stack(bounds).tolist()
+    if values[0] < 0 or values[1] >= config.vocab_size:
+        raise ValueError(
+            f"token ids must lie in [0, {config.vocab_size}) (vocab_size), got ids from {values[0]} to {values[1]}; "
+            f"was the data tokenized with a different vocabulary?"
+        )
+    if token_type_ids is not None and (values[2] < 0 or values[3] >= config.type_vocab_size):
+        raise ValueError(
+            f"token_type_ids must lie in [0, {config.type_vocab_size}) (type_vocab_size), got "
+            f"{values[2]} to {values[3]}"
+        )
 
 
 class BertEmbeddings(nn.Module):

@@ -127,3 +127,9 @@ def test_parameter_count_equals_transformers(preset):
     assert ours_count == theirs_count
     if preset == "large":
         assert 335_000_000 < ours_count < 337_000_000  # BERT-Large's published ~336M (340M with rounding)
+
+
+def test_segment_ids_of_another_shape_are_a_clear_error():
+    model = BertModel(tiny())
+    with pytest.raises(ValueError, match=r"token_type_ids shape \(1, 4\) differs from input_ids shape \(1, 5\)"):
+        model(torch.ones(1, 5, dtype=torch.long), token_type_ids=torch.zeros(1, 4, dtype=torch.long))
