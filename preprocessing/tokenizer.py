@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,9 +186,3 @@ def masking_rule(tokenizer: Tokenizer, masked_lm_prob: float, max_predictions: i
         max_predictions=max_predictions,
         whole_word=whole_word,
     )
-
-
-def token_ids(tokenizer: Tokenizer, texts: list[str]) -> Iterator[list[int]]:
-    """Ids of each text without special tokens, encoded as one batch."""
-    for encoding in tokenizer.encode_batch_fast(texts, add_special_tokens=False):
-        yield encoding.ids

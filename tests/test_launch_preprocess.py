@@ -67,3 +67,12 @@ def test_missing_input_is_a_clear_error(tmp_path, tokenizer_dir):
     )  # fmt: skip
     assert result.returncode == 2
     assert "matches no file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tokenizer_training_refuses_parquet(tmp_path):
+    (tmp_path / "docs.parquet").write_bytes(b"PAR1")
+    result = run(
+        BERTPIPE, "tokenizer", "train", "--input", str(tmp_path / "docs.parquet"), "--out", str(tmp_path / "t")
+    )
+    assert result.returncode == 2
+    assert "train the tokenizer on text or JSON Lines" in result.stderr and "Traceback" not in result.stderr
