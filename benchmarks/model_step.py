@@ -26,10 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
-from model.flops import pretraining_step_flops
-
-# Dense bf16 tensor-core peak, FLOP/s, by device name (vendor datasheets, without sparsity).
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+from model.flops import peak_bf16_flops, pretraining_step_flops
 
 
 def build_models(config: BertConfig, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -160,10 +157,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+    return peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 def machine_description(device: torch.device) -> str:

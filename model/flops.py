@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from model.config import BertConfig
 
+# Dense bf16 tensor-core peak, FLOP/s, by device name (vendor datasheets, without sparsity).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
 
 def encoder_forward_flops(config: BertConfig, seq_len: int) -> int:
     """Forward FLOPs of the encoder and pooler for one sequence of `seq_len` tokens."""
@@ -30,3 +33,8 @@ def pretraining_step_flops(config: BertConfig, seq_len: int, masked_positions: i
     """Forward + backward FLOPs of one pretraining sequence."""
     forward = encoder_forward_flops(config, seq_len) + pretraining_heads_forward_flops(config, masked_positions)
     return 3 * forward
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The datasheet peak of a GPU named like `torch.cuda.get_device_name()`, None when unknown."""
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in device_name), None)

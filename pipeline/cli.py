@@ -79,6 +79,25 @@ def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace, _: list[str]) -> int:
+    from pipeline.pretrain import PretrainRequest, pretrain
+    from pipeline.train_config import parse_overrides
+
+    overrides = parse_overrides(args.set)
+    if args.skip_bad_shards:
+        overrides["skip_bad_shards"] = True
+    request = PretrainRequest(
+        config=args.config,
+        dataset=args.dataset,
+        output=args.output,
+        resume=args.resume,
+        init_from=args.init_from,
+        overrides=overrides,
+        deepspeed_config=args.deepspeed_config,
+    )
+    return pretrain(request)
+
+
 def quiet_optional_cloud_warnings() -> None:
     """Beam announces at import that its GCP extras are absent; local runs do not need them."""
     logging.getLogger("apache_beam.io.gcp.bigquery").setLevel(logging.WARNING)
@@ -137,6 +156,28 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--shard-mb", type=float, default=64.0, help="target shard size")
     pre.add_argument("--overwrite", action="store_true", help="replace a different dataset in --output")
     pre.set_defaults(handler=_preprocess, beam_passthrough=True)
+
+    train = commands.add_parser(
+        "pretrain",
+        help="pretrain BERT on a preprocessed dataset with DeepSpeed (one process per rank)",
+        description="Run under the deepspeed launcher (launch/pretrain.sh) for several ranks or nodes; "
+        "started directly it is a single-rank run.",
+    )
+    train.add_argument("--config", required=True, help="config directory (train.json + deepspeed.json) or train.json")
+    train.add_argument("--dataset", required=True, help="dataset directory written by `bertpipe preprocess`")
+    train.add_argument("--output", required=True, help="run directory: checkpoints, metrics.jsonl, run_status.json")
+    train.add_argument(
+        "--resume",
+        choices=["auto", "never"],
+        default="never",
+        help="auto: continue from the newest complete checkpoint in --output if there is one",
+    )
+    train.add_argument("--init-from", help="start from these weights (model directory or a run's checkpoints)")
+    train.add_argument("--deepspeed-config", help="DeepSpeed JSON to use instead of the config directory's")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train.json field")
+    train.add_argument("--skip-bad-shards", action="store_true", help="skip and count unreadable shards")
+    train.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    train.set_defaults(handler=_pretrain)
     return parser
 
 

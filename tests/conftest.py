@@ -30,3 +30,26 @@ def reference_bert_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+PYDOCS_CORPUS = Path(__file__).parent / "data" / "pydocs" / "corpus.txt"
+
+
+@pytest.fixture(scope="session")
+def pretraining_dataset(tmp_path_factory) -> Path:
+    """Shards made by the real Beam job (in-process runner) from the shipped Python-docs corpus, with a
+    3000-token vocabulary trained on it; several train shards and a validation split."""
+    from preprocessing import preprocess
+    from preprocessing.beam_job import JobParams
+    from preprocessing.tokenizer import tokenizer_files, train_wordpiece
+
+    root = tmp_path_factory.mktemp("pretraining")
+    lines = [line for line in PYDOCS_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tokenizer_dir = root / "tokenizer"
+    tokenizer_dir.mkdir()
+    for name, data in tokenizer_files(train_wordpiece(lines, vocab_size=3000, lowercase=True)).items():
+        (tokenizer_dir / name).write_bytes(data)
+    params = JobParams(dupe_factor=2, validation_fraction=0.1, bucket_mb=0.1, shard_mb=0.1, seed=11)
+    runner = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    preprocess.run([str(PYDOCS_CORPUS)], str(tokenizer_dir), str(root / "dataset"), params, runner)
+    return root / "dataset"

@@ -1,0 +1,27 @@
+"""Build DeepSpeed's CPU shared-memory communication op ahead of a multi-rank CPU run.
+
+DeepSpeed compiles it when the first rank initialises its communication; several ranks compiling
+into the same cache at once can fail, so the launcher builds it once first (`python -m pipeline.cpu_ops`).
+A later build finds it in the torch extensions cache and returns at once.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def build_shared_memory_op() -> bool:
+    """True when the op is available (built now or before); False where DeepSpeed does not offer it."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return False
+    builder.load(verbose=False)
+    return True
+
+
+if __name__ == "__main__":
+    build_shared_memory_op()

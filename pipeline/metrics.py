@@ -1,0 +1,100 @@
+"""What rank 0 reports while training: the metrics file (JSON Lines) and the progress bar, plus the
+per-rank batch fingerprints that prove a resumed run saw the batches an uninterrupted one would."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import atomic_write_bytes
+
+FINGERPRINT_FIELDS = ("input_ids", "masked_lm_positions", "masked_lm_labels", "next_sentence_label")
+
+
+def batch_fingerprint(batches: Iterable[dict[str, torch.Tensor]]) -> str:
+    """A short hash of what a step trained on (ids, masks and labels of all its micro-batches)."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        for name in FINGERPRINT_FIELDS:
+            digest.update(batch[name].contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class JsonLines:
+    """An append-only JSON Lines file. A resumed run first drops the records past its checkpoint's step,
+    so the file tells one history, with the steps the interrupted run repeated appearing once."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and path.is_file():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step(line) <= resume_step]
+            atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode("utf-8"))
+        elif resume_step is None and path.is_file():
+            path.unlink()
+        self.handle = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(record, allow_nan=True) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return math.inf  # a torn last line from a killed run is dropped
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class Throughput:
+    """Sequences and real tokens per second over the interval since the last report."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.sequences = 0
+        self.tokens = 0
+        self.padded_tokens = 0
+
+    def add(self, sequences: int, tokens: int, padded_tokens: int) -> None:
+        self.sequences += sequences
+        self.tokens += tokens
+        self.padded_tokens += padded_tokens
+
+    def report(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        result = {
+            "sequences_per_s": self.sequences / elapsed,
+            "tokens_per_s": self.tokens / elapsed,
+            "mean_padded_length": self.padded_tokens / max(self.sequences, 1),
+        }
+        self.__init__()
+        return result
+
+
+def progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=1.0)
+
+
+def postfix(record: dict[str, Any]) -> dict[str, str]:
+    shown = {"loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.2e}"}
+    shown["seq/s"] = f"{record['sequences_per_s']:.1f}"
+    shown["tok/s"] = f"{record['tokens_per_s']:.0f}"
+    if record.get("mfu") is not None:
+        shown["mfu"] = f"{record['mfu']:.1%}"
+    return shown

@@ -1,0 +1,438 @@
+"""`bertpipe pretrain`: BERT pretraining under DeepSpeed, one process per rank.
+
+build the run (config, dataset check, model, engine, loader) -> restore a checkpoint if asked ->
+train micro-batch by micro-batch -> at step boundaries: metrics, evaluation, checkpoints, stop requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from model import BertConfig, BertForPreTraining
+from model.checkpoint import atomic_write_bytes
+from model.flops import peak_bf16_flops, pretraining_step_flops
+from pipeline import checkpointing, deepspeed_config
+from pipeline.dataset_check import check_against_model, load_manifest
+from pipeline.evaluate import evaluate
+from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_batches, resume_state
+from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
+from pipeline.schedule import Schedule
+from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
+from pipeline.weights import load_initial_weights, model_config_of
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "run_status.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive non-finite losses; the message names the step."""
+
+
+@dataclass(frozen=True)
+class PretrainRequest:
+    """What the command line asks for."""
+
+    config: str
+    dataset: str
+    output: str
+    resume: str = "never"  # "auto": continue from the newest checkpoint in <output>/checkpoints if any
+    init_from: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    deepspeed_config: str | None = None
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag the loop reads at the next step; a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._handle)
+
+    def _handle(self, number: int, _frame: Any) -> None:
+        if self.requested and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(number).name
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, bool]:
+    """(rank, world size, on GPU). A run started without a launcher is a world of one."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    on_gpu = get_accelerator().device_name() == "cuda"
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(dist_backend=None if on_gpu else "gloo", auto_mpi_discovery=False)
+    return dist.get_rank(), dist.get_world_size(), on_gpu
+
+
+def resolve_model_config(train: TrainConfig, manifest: dict[str, Any], init_from: str | None) -> BertConfig:
+    """The model to train: from --init-from's stored config, else the preset or directory in train.json.
+    A preset's vocabulary follows the dataset's tokenizer unless model_overrides pins vocab_size."""
+    stored = model_config_of(Path(init_from)) if init_from else None
+    if stored is not None:
+        return stored.replace(**train.model_overrides) if train.model_overrides else stored
+    if Path(train.model).is_dir():
+        return BertConfig.from_pretrained(train.model).replace(**train.model_overrides)
+    overrides = {"vocab_size": manifest["tokenizer"]["vocab_size"], **train.model_overrides}
+    return BertConfig.from_preset(train.model, **overrides)
+
+
+def check_output(output: Path, resume: str) -> str | None:
+    """The checkpoint tag to resume from; refuses to start over a run that exists without --resume auto."""
+    checkpoints = output / CHECKPOINTS
+    tag = checkpointing.latest_tag(checkpoints) if checkpoints.is_dir() else None
+    if resume == "auto":
+        return tag
+    if tag is not None or (output / METRICS_FILE).exists():
+        raise TrainConfigError(
+            f"{output} already holds a run; pass --resume auto to continue it, or choose another --output"
+        )
+    return None
+
+
+def write_status(output: Path, state: str, step: int, checkpoint: str | None, message: str = "") -> None:
+    record = {"state": state, "step": step, "checkpoint": checkpoint, "message": message}
+    atomic_write_bytes(output / STATUS_FILE, (json.dumps(record) + "\n").encode("utf-8"))
+
+
+class Trainer:
+    """One rank's training run. `run()` returns the process exit code."""
+
+    def __init__(self, request: PretrainRequest):
+        self.request = request
+        self.output = Path(request.output)
+        self.rank, self.world_size, self.on_gpu = init_distributed()
+        self.config: LoadedConfig = load_config(request.config, request.overrides, request.deepspeed_config)
+        self.train = self.config.train
+        self.manifest = load_manifest(request.dataset)  # before any compute: a mismatch fails fast
+        self.model_config = resolve_model_config(self.train, self.manifest, request.init_from)
+        check_against_model(self.manifest, self.model_config)
+        self.ds_config, self.optimizer_spec, self.batch_sizes = deepspeed_config.prepare(
+            self.config.deepspeed, self.world_size, self.on_gpu
+        )
+        self.resume_tag = check_output(self.output, request.resume)
+        self.schedule = Schedule(
+            self.train.train_steps,
+            self.train.warmup,
+            self.train.lr_decay,
+            self.train.lr_decay_power,
+            self.train.lr_end_ratio,
+        )
+        self.train_spec = SplitSpec.from_manifest(request.dataset, self.manifest, "train")
+        self.validation_spec = SplitSpec.from_manifest(request.dataset, self.manifest, "validation")
+        self.manifest_sha256 = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
+        dist.barrier()  # every rank has passed the checks before anything is written
+
+    # -- building -------------------------------------------------------------------------------------
+
+    def build_engine(self) -> None:
+        import deepspeed
+
+        torch.manual_seed(self.train.seed)  # identical initial weights on every rank
+        model = BertForPreTraining(self.model_config)
+        if self.request.init_from and self.resume_tag is None:
+            load_initial_weights(model, self.request.init_from)
+        groups = deepspeed_config.parameter_groups(model, self.optimizer_spec.weight_decay)
+        optimizer = None
+        if self.optimizer_spec.kind == "adamw":
+            optimizer = deepspeed_config.build_adamw(groups, self.optimizer_spec, self.on_gpu)
+        schedule = self.schedule
+        self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=groups if optimizer is None else None,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor),
+            config=self.ds_config,
+            dist_init_required=False,
+        )
+        # Dropout differs per rank; the data order does not depend on these.
+        torch.manual_seed(self.train.seed + 1 + self.rank)
+
+    def build_data(self, saved_data_state: dict[str, Any] | None) -> None:
+        train = self.train
+        rule = None
+        if train.dynamic_masking:
+            from preprocessing.tokenizer import load_tokenizer, masking_rule
+
+            parameters = self.manifest["parameters"]
+            rule = masking_rule(
+                load_tokenizer(self.request.dataset),
+                parameters["masked_lm_prob"],
+                parameters["max_predictions_per_seq"],
+                parameters["whole_word_mask"],
+            )
+        options = StreamOptions(
+            micro_batch=self.batch_sizes.micro,
+            seed=train.seed,
+            window_shards=train.shuffle_window_shards,
+            verify_checksums=train.verify_checksums,
+            skip_bad_shards=train.skip_bad_shards,
+            remasking=rule,
+        )
+        slots = max(1, train.loader_workers)
+        state = resume_state(saved_data_state, self.world_size, slots)
+        self.batches = TrainBatches(self.train_spec, options, self.rank, state, train.loader_workers, self.on_gpu)
+        eval_samples = train.eval_samples or None
+        self.eval_batches = evaluation_batches(
+            self.validation_spec,
+            self.batch_sizes.micro,
+            self.rank,
+            self.world_size,
+            eval_samples,
+            train.verify_checksums,
+        )
+
+    def restore(self) -> dict[str, Any] | None:
+        """Load the checkpoint to resume from; returns the data position saved with it."""
+        if self.resume_tag is None:
+            return None
+        client_state, rank_state = checkpointing.load(self.engine, self.output / CHECKPOINTS, self.resume_tag)
+        checkpointing.restore_rng_states(rank_state["rng"])
+        self.run_id = client_state.get("run_id")
+        if client_state.get("dataset_manifest_sha256") != self.manifest_sha256:
+            log.warning("resuming on a different dataset than the checkpoint's: the data order restarts")
+            return None
+        if self.rank == 0:
+            log.info("resumed from %s at step %d", self.resume_tag, self.engine.global_steps)
+        return rank_state["data"]
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.run_id: str | None = None
+        self.build_engine()
+        saved_data = self.restore()
+        self.build_data(saved_data)
+        step = self.engine.global_steps
+        resumed_step = step if self.resume_tag is not None else None
+        is_main = self.rank == 0
+        self.output.mkdir(parents=True, exist_ok=True)
+        metrics = JsonLines(self.output / METRICS_FILE, resumed_step) if is_main else None
+        fingerprints = None
+        if self.train.record_batch_fingerprints:
+            fingerprints = JsonLines(self.output / "fingerprints" / f"rank{self.rank}.jsonl", resumed_step)
+        if is_main:
+            write_status(self.output, "running", step, self.resume_tag)
+            self._write_run_config()
+        stop = StopRequest()
+        bar = progress_bar(self.train.train_steps, step, enabled=is_main)
+        try:
+            outcome = self._loop(step, stop, metrics, fingerprints, bar)
+        except NonFiniteLossError as error:
+            if is_main:
+                write_status(self.output, "failed", self.engine.global_steps, self._latest(), str(error))
+            log.error("%s", error)
+            return 1
+        finally:
+            bar.close()
+            self.batches.close()
+            for handle in (metrics, fingerprints):
+                if handle is not None:
+                    handle.close()
+        return outcome
+
+    def _loop(self, step: int, stop: StopRequest, metrics, fingerprints, bar) -> int:
+        engine, train = self.engine, self.train
+        device = engine.device
+        throughput = Throughput()
+        sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss, mlm, nsp, mlm ok/n, nsp ok/n
+        step_batches: list[dict[str, torch.Tensor]] = []
+        consecutive_nonfinite = skipped_batches = 0
+        last_saved = step if self.resume_tag is not None else None
+        while step < train.train_steps:
+            batch = next(self.batches)
+            gpu_batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+            out = engine(**gpu_batch)
+            flags = torch.stack(
+                [
+                    (~torch.isfinite(out.loss.detach())).to(torch.float32),
+                    torch.tensor(float(stop.requested), device=device),
+                ]
+            )
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            nonfinite, stop_now = (bool(x) for x in flags.tolist())
+            if nonfinite:  # every rank drops this micro-batch, so DeepSpeed's state stays in step
+                consecutive_nonfinite += 1
+                skipped_batches += 1
+                log.warning("non-finite loss at step %d: the micro-batch is skipped", step + 1)
+                if consecutive_nonfinite >= train.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"the loss was not finite for {consecutive_nonfinite} consecutive micro-batches, the last at "
+                        f"step {step + 1}; lower the learning rate or warm up longer, check the data, or resume from "
+                        f"an earlier checkpoint ({self._latest() or 'none yet'})"
+                    )
+            else:
+                consecutive_nonfinite = 0
+                engine.backward(out.loss)
+                engine.step()
+                sums += torch.stack(
+                    [
+                        out.loss.detach().double(),
+                        out.mlm_loss.detach().double(),
+                        out.nsp_loss.detach().double(),
+                        out.mlm_correct.double(),
+                        out.mlm_count.double(),
+                        out.nsp_correct.double(),
+                        out.nsp_count.double(),
+                    ]
+                )
+                step_batches.append(batch)
+                real_tokens = int(batch["attention_mask"].sum())
+                throughput.add(batch["input_ids"].shape[0], real_tokens, batch["input_ids"].numel())
+            if engine.global_steps == step:
+                if stop_now:
+                    stop.requested = True
+                continue
+            # -- a step completed ------------------------------------------------------------------
+            step = engine.global_steps
+            bar.update(1)
+            if fingerprints is not None:
+                fingerprints.write({"step": step, "batches": batch_fingerprint(step_batches)})
+            if step % train.log_every == 0 or step == train.train_steps:
+                record = self._step_record(step, sums, len(step_batches), throughput, skipped_batches)
+                if metrics is not None:
+                    metrics.write(record)
+                    bar.set_postfix(postfix(record), refresh=False)
+                sums.zero_()
+                skipped_batches = 0
+            step_batches = []
+            if train.eval_every and step % train.eval_every == 0 and step < train.train_steps:
+                self._evaluate(step, metrics)
+            if stop_now or stop.requested:
+                saved = self._save(step)
+                if self.rank == 0:
+                    state = "interrupted" if saved else "failed"
+                    message = f"stopped by {stop.signal_name or 'a signal on another rank'}"
+                    write_status(self.output, state, step, self._latest(), message)
+                log.warning("stopped at step %d by a signal; checkpoint %s", step, "saved" if saved else "FAILED")
+                return 0 if saved else 1
+            if step % train.checkpoint_every == 0 and self._save(step):
+                last_saved = step
+        self._evaluate(step, metrics)
+        if last_saved != step:
+            self._save(step)
+        if self.rank == 0:
+            write_status(self.output, "finished", step, self._latest())
+        return 0
+
+    # -- step-boundary work --------------------------------------------------------------------------
+
+    def _step_record(
+        self, step: int, sums: torch.Tensor, micro_batches: int, throughput: Throughput, skipped: int
+    ) -> dict[str, Any]:
+        dist.all_reduce(sums)
+        loss, mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n = sums.tolist()
+        batches = max(micro_batches * self.world_size, 1)
+        rates = throughput.report()
+        record: dict[str, Any] = {
+            "step": step,
+            "loss": loss / batches,
+            "mlm_loss": mlm / batches,
+            "nsp_loss": nsp / batches,
+            "mlm_accuracy": mlm_ok / max(mlm_n, 1.0),
+            "nsp_accuracy": nsp_ok / max(nsp_n, 1.0),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "grad_norm": _number(self.engine.get_global_grad_norm()),
+            "loss_scale": _number(getattr(self.optimizer, "cur_scale", None)),
+            "skipped_batches": skipped,
+            "sequences_per_s": rates["sequences_per_s"] * self.world_size,
+            "tokens_per_s": rates["tokens_per_s"] * self.world_size,
+        }
+        record["mfu"] = self._mfu(record["sequences_per_s"], rates["mean_padded_length"])
+        return record
+
+    def _mfu(self, sequences_per_s: float, padded_length: float) -> float | None:
+        if not self.on_gpu:
+            return None
+        peak = peak_bf16_flops(torch.cuda.get_device_name())
+        if peak is None:
+            return None
+        predictions = self.manifest["parameters"]["max_predictions_per_seq"]
+        flops = pretraining_step_flops(self.model_config, round(padded_length), predictions)
+        return flops * sequences_per_s / (peak * self.world_size)
+
+    def _evaluate(self, step: int, metrics: JsonLines | None) -> None:
+        if not self.eval_batches:
+            return
+        result = evaluate(self.engine, self.eval_batches, self.engine.device)
+        if metrics is not None:
+            metrics.write({"step": step, **result.as_metrics()})
+        if self.rank == 0:
+            log.info(
+                "step %d evaluation: MLM loss %.4f, MLM accuracy %.4f, NSP accuracy %.4f",
+                step,
+                result.mlm_loss,
+                result.mlm_accuracy,
+                result.nsp_accuracy,
+            )
+
+    def _save(self, step: int) -> bool:
+        directory = self.output / CHECKPOINTS
+        client_state = {
+            "step": step,
+            "run_id": self.run_id,
+            "train_config": self.train.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "dataset": str(Path(self.request.dataset).resolve()),
+            "dataset_manifest_sha256": self.manifest_sha256,
+            "world_size": self.world_size,
+        }
+        rank_state = {"rng": checkpointing.rng_states(), "data": self.batches.state.to_dict()}
+        return checkpointing.save(self.engine, directory, step, client_state, rank_state, self.train.keep_checkpoints)
+
+    def _latest(self) -> str | None:
+        directory = self.output / CHECKPOINTS
+        return checkpointing.latest_tag(directory) if directory.is_dir() else None
+
+    def _write_run_config(self) -> None:
+        resolved = {
+            "train": self.train.to_dict(),
+            "deepspeed": self.ds_config,
+            "model": self.model_config.to_dict(),
+            "dataset": str(Path(self.request.dataset).resolve()),
+            "init_from": self.request.init_from,
+            "world_size": self.world_size,
+        }
+        atomic_write_bytes(self.output / "run_config.json", (json.dumps(resolved, indent=2) + "\n").encode())
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+def pretrain(request: PretrainRequest) -> int:
+    trainer = Trainer(request)
+    try:
+        return trainer.run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

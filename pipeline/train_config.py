@@ -1,0 +1,144 @@
+"""The pretraining run's own settings (`train.json`), beside DeepSpeed's (`deepspeed.json`).
+
+DeepSpeed's file keeps what DeepSpeed owns in its own format (batch sizes, ZeRO stage, precision,
+optimizer and its lr, gradient clipping); `train.json` holds the rest. A config *directory* holds both;
+`--set key=value` overrides `train.json` fields from the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TRAIN_JSON = "train.json"
+DEEPSPEED_JSON = "deepspeed.json"
+
+
+class TrainConfigError(ValueError):
+    """A configuration that cannot run; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "tiny"  # a preset (tiny, mini, base, large) or a Hugging Face style model directory
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # BertConfig fields on top of `model`
+    train_steps: int = 100  # optimizer steps
+    warmup_steps: int | None = None
+    warmup_proportion: float | None = None  # of train_steps; give this or warmup_steps
+    lr_decay: str = "linear"  # linear | polynomial | constant
+    lr_decay_power: float = 1.0
+    lr_end_ratio: float = 0.0
+    eval_every: int = 0  # steps; 0: only at the end
+    eval_samples: int = 10_000  # first N validation samples (0: all)
+    checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end and on SIGTERM/SIGINT
+    keep_checkpoints: int = 3
+    log_every: int = 10  # steps between metrics lines (the progress bar updates every step)
+    seed: int = 12345
+    loader_workers: int = 2  # DataLoader worker processes per rank; 0 reads in the training process
+    shuffle_window_shards: int = 2  # shards shuffled together by one loader worker (held in memory)
+    dynamic_masking: bool = False  # re-mask each sample every epoch from its stored original tokens
+    verify_checksums: bool = True  # check each shard's sha256 against the manifest when it is read
+    skip_bad_shards: bool = False  # skip (and count) unreadable shards instead of stopping
+    max_nonfinite_steps: int = 5  # abort after this many consecutive non-finite losses (bf16/fp32)
+    record_batch_fingerprints: bool = False  # per-rank file of a hash of every step's batches
+    deepspeed_config: str = DEEPSPEED_JSON  # relative to the directory of train.json
+
+    def __post_init__(self) -> None:
+        for name in ("train_steps", "checkpoint_every", "keep_checkpoints", "log_every", "max_nonfinite_steps"):
+            if getattr(self, name) < 1:
+                raise TrainConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("eval_every", "eval_samples", "loader_workers"):
+            if getattr(self, name) < 0:
+                raise TrainConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if self.shuffle_window_shards < 1:
+            raise TrainConfigError(f"shuffle_window_shards must be at least 1, not {self.shuffle_window_shards}")
+        if (self.warmup_steps is None) == (self.warmup_proportion is None):
+            raise TrainConfigError("give exactly one of warmup_steps and warmup_proportion")
+        if self.warmup_proportion is not None and not 0 <= self.warmup_proportion <= 1:
+            raise TrainConfigError(f"warmup_proportion must be in [0, 1], not {self.warmup_proportion}")
+
+    @property
+    def warmup(self) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return round(self.warmup_proportion * self.train_steps)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise TrainConfigError(f"unknown train config key(s) {unknown}; known keys are {sorted(known)}")
+        for name, value in values.items():
+            _check_type(name, value, known[name].type)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """JSON values against the field annotations (`int | None` and the like)."""
+    options = [part.strip().split("[")[0] for part in str(annotation).split("|")]
+    if value is None and "None" in options:
+        return
+    accepted = tuple(t for option in options for t in _TYPES.get(option, ()))
+    if isinstance(value, bool) and bool not in accepted:
+        accepted = ()
+    if accepted and not isinstance(value, accepted):
+        raise TrainConfigError(f"train config {name} must be {annotation}, not {value!r}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings; values are JSON where they parse as JSON (numbers, true/false, null, objects)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise TrainConfigError(f"--set takes key=value, not {pair!r}")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    train: TrainConfig
+    deepspeed: dict[str, Any]
+    train_path: Path
+    deepspeed_path: Path
+
+
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, deepspeed_path: str | None = None
+) -> LoadedConfig:
+    """A config directory (train.json + deepspeed.json) or a train.json file, with overrides applied."""
+    path = Path(path)
+    train_path = path / TRAIN_JSON if path.is_dir() else path
+    if not train_path.is_file():
+        raise TrainConfigError(f"no training config at {train_path}; pass a directory like launch/configs/tiny")
+    values = _read_json(train_path)
+    values.update(overrides or {})
+    train = TrainConfig.from_dict(values)
+    ds_path = Path(deepspeed_path) if deepspeed_path else train_path.parent / train.deepspeed_config
+    if not ds_path.is_file():
+        raise TrainConfigError(f"no DeepSpeed config at {ds_path} (deepspeed_config in {train_path})")
+    return LoadedConfig(train, _read_json(ds_path), train_path, ds_path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise TrainConfigError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(values, dict):
+        raise TrainConfigError(f"{path} must hold a JSON object")
+    return values
