@@ -41,6 +41,7 @@ format: install
 bench: install
 	$(PY) benchmarks/model_step.py
 	$(PY) benchmarks/preprocess.py
+	$(PY) benchmarks/loader.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -69,8 +69,8 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(states["cuda"])
 
 
-def _all_ranks_succeeded(ok: bool) -> bool:
-    flag = torch.tensor([0 if ok else 1], dtype=torch.int32)
+def _all_ranks_succeeded(ok: bool, device: torch.device) -> bool:
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int32, device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return flag.item() == 0
 
@@ -82,6 +82,7 @@ def save(
     client_state: dict[str, Any],
     rank_state: dict[str, Any],
     keep: int,
+    device: torch.device,
 ) -> bool:
     """Collective: every rank calls it. True when the checkpoint is complete and `latest` names it."""
     tag = tag_for(step)
@@ -93,7 +94,7 @@ def save(
     except Exception as error:  # any failure must reach the other ranks, or they would wait forever
         log.error("rank %d could not write checkpoint %s in %s: %s", rank, tag, directory, error)
         ok = False
-    complete = _all_ranks_succeeded(ok)
+    complete = _all_ranks_succeeded(ok, device)
     if complete and rank == 0:
         atomic_write_bytes(directory / LATEST, (tag + "\n").encode("utf-8"))
         prune(directory, keep)

@@ -205,6 +205,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if args.verbose or not _is_reported_failure(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _is_reported_failure(error: RuntimeError) -> bool:
+    """Failures whose message says all there is to say (bad shards, a diverged run)."""
+    return type(error).__name__ in {"ShardError", "NonFiniteLossError"}
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ class Window:
 
 
 def shard_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
-    """The epoch's shard permutation."""
-    return numpy_rng(seed, "shard-order", epoch).permutation(num_shards)
+    """The epoch's shard permutation. The seed parts are hashed by their repr, so numpy integers
+    (whose repr differs from an int's) are turned into ints first: the same values, the same order."""
+    return numpy_rng(int(seed), "shard-order", int(epoch)).permutation(num_shards)
 
 
 def stream_bounds(total: int, streams: int, stream: int) -> tuple[int, int]:
@@ -111,7 +112,7 @@ def epoch_windows(
 
 
 def window_permutation(size: int, seed: int, epoch: int, stream: int, window: int) -> np.ndarray:
-    return numpy_rng(seed, "window-order", epoch, stream, window).permutation(size)
+    return numpy_rng(int(seed), "window-order", int(epoch), int(stream), int(window)).permutation(size)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def stream_plan(
     """
     check_streams(shard_sizes, streams)
     epoch_size = stream_epoch_size(shard_sizes, streams, stream)
-    epoch, offset = divmod(start_plan_index, epoch_size)
+    epoch, offset = divmod(int(start_plan_index), epoch_size)
     while True:
         for window in epoch_windows(shard_sizes, streams, stream, seed, epoch, window_shards):
             if window.start + window.size <= offset:

@@ -29,6 +29,10 @@ class BatchSizes:
 
 def resolve_batch_sizes(ds_config: dict[str, Any], world_size: int) -> BatchSizes:
     """train_batch_size = micro batch x gradient accumulation x world size, from any two of the three."""
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        value = ds_config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TrainConfigError(f"{key} in the DeepSpeed config must be a positive integer, not {value!r}")
     total = ds_config.get("train_batch_size")
     micro = ds_config.get("train_micro_batch_size_per_gpu")
     accumulation = ds_config.get("gradient_accumulation_steps")
@@ -89,10 +93,6 @@ def prepare(
             "remove the DeepSpeed 'scheduler' section: the lr schedule is set in train.json "
             "(warmup_steps or warmup_proportion, lr_decay, lr_decay_power)"
         )
-    if config.get("fp16", {}).get("enabled") and not on_gpu:
-        raise TrainConfigError("fp16 needs a GPU; on CPU use bf16 ('bf16': {'enabled': true}) or fp32")
-    if config.get("fp16", {}).get("enabled") and config.get("bf16", {}).get("enabled"):
-        raise TrainConfigError("enable one of fp16 and bf16, not both")
     optimizer = config.get("optimizer") or {"type": "AdamW", "params": {"lr": 1e-4}}
     kind = str(optimizer.get("type", "")).lower()
     params = dict(optimizer.get("params", {}))
@@ -111,6 +111,10 @@ def prepare(
         spec = OptimizerSpec("deepspeed", float(params["lr"]), weight_decay, params)
     else:
         raise TrainConfigError(f"unsupported optimizer type {optimizer.get('type')!r}; use AdamW, or Lamb on GPU")
+    if config.get("fp16", {}).get("enabled") and not on_gpu:
+        raise TrainConfigError("fp16 needs a GPU; on CPU use bf16 ('bf16': {'enabled': true}) or fp32")
+    if config.get("fp16", {}).get("enabled") and config.get("bf16", {}).get("enabled"):
+        raise TrainConfigError("enable one of fp16 and bf16, not both")
     return config, spec, sizes
 
 

@@ -241,7 +241,11 @@ class TrainBatches:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        batch = next(self.iterator)
+        try:
+            batch = next(self.iterator)
+        except ShardError as error:  # re-raised from a worker with its traceback in the message
+            raise ShardError(str(error).strip().splitlines()[-1].removeprefix(f"{ShardError.__module__}.ShardError: "))
+
         slot = batch.pop(SLOT_KEY)
         self.state.positions[slot] = batch.pop(POSITION_KEY)
         self.state.next_slot = (slot + 1) % self.state.slots

@@ -128,16 +128,12 @@ class Trainer:
     def __init__(self, request: PretrainRequest):
         self.request = request
         self.output = Path(request.output)
-        self.rank, self.world_size, self.on_gpu = init_distributed()
+        # Everything that can be checked without compute or communication comes first.
         self.config: LoadedConfig = load_config(request.config, request.overrides, request.deepspeed_config)
         self.train = self.config.train
-        self.manifest = load_manifest(request.dataset)  # before any compute: a mismatch fails fast
+        self.manifest = load_manifest(request.dataset)
         self.model_config = resolve_model_config(self.train, self.manifest, request.init_from)
         check_against_model(self.manifest, self.model_config)
-        self.ds_config, self.optimizer_spec, self.batch_sizes = deepspeed_config.prepare(
-            self.config.deepspeed, self.world_size, self.on_gpu
-        )
-        self.resume_tag = check_output(self.output, request.resume)
         self.schedule = Schedule(
             self.train.train_steps,
             self.train.warmup,
@@ -148,6 +144,11 @@ class Trainer:
         self.train_spec = SplitSpec.from_manifest(request.dataset, self.manifest, "train")
         self.validation_spec = SplitSpec.from_manifest(request.dataset, self.manifest, "validation")
         self.manifest_sha256 = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
+        self.resume_tag = check_output(self.output, request.resume)
+        self.rank, self.world_size, self.on_gpu = init_distributed()
+        self.ds_config, self.optimizer_spec, self.batch_sizes = deepspeed_config.prepare(
+            self.config.deepspeed, self.world_size, self.on_gpu
+        )
         dist.barrier()  # every rank has passed the checks before anything is written
 
     # -- building -------------------------------------------------------------------------------------
@@ -336,8 +337,11 @@ class Trainer:
             if step % train.checkpoint_every == 0 and self._save(step):
                 last_saved = step
         self._evaluate(step, metrics)
-        if last_saved != step:
-            self._save(step)
+        if last_saved != step and not self._save(step):
+            if self.rank == 0:
+                message = f"the final checkpoint could not be written; the last usable one is {self._latest()}"
+                write_status(self.output, "failed", step, self._latest(), message)
+            return 1
         if self.rank == 0:
             write_status(self.output, "finished", step, self._latest())
         return 0
@@ -362,11 +366,18 @@ class Trainer:
             "grad_norm": _number(self.engine.get_global_grad_norm()),
             "loss_scale": _number(getattr(self.optimizer, "cur_scale", None)),
             "skipped_batches": skipped,
+            "bad_shards_skipped": self._bad_shards_skipped(),
             "sequences_per_s": rates["sequences_per_s"] * self.world_size,
             "tokens_per_s": rates["tokens_per_s"] * self.world_size,
         }
         record["mfu"] = self._mfu(record["sequences_per_s"], rates["mean_padded_length"])
         return record
+
+    def _bad_shards_skipped(self) -> int:
+        """Shards skipped under --skip-bad-shards so far, all ranks together (each rank counts its reads)."""
+        count = torch.tensor([len(self.batches.skipped_shards)], dtype=torch.int64, device=self.engine.device)
+        dist.all_reduce(count)
+        return int(count.item())
 
     def _mfu(self, sequences_per_s: float, padded_length: float) -> float | None:
         if not self.on_gpu:
@@ -405,7 +416,9 @@ class Trainer:
             "world_size": self.world_size,
         }
         rank_state = {"rng": checkpointing.rng_states(), "data": self.batches.state.to_dict()}
-        return checkpointing.save(self.engine, directory, step, client_state, rank_state, self.train.keep_checkpoints)
+        return checkpointing.save(
+            self.engine, directory, step, client_state, rank_state, self.train.keep_checkpoints, self.engine.device
+        )
 
     def _latest(self) -> str | None:
         directory = self.output / CHECKPOINTS

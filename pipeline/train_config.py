@@ -89,9 +89,7 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
     if value is None and "None" in options:
         return
     accepted = tuple(t for option in options for t in _TYPES.get(option, ()))
-    if isinstance(value, bool) and bool not in accepted:
-        accepted = ()
-    if accepted and not isinstance(value, accepted):
+    if accepted and (not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)):
         raise TrainConfigError(f"train config {name} must be {annotation}, not {value!r}")
 
 

@@ -65,3 +65,32 @@ def test_preprocess_benchmark_writes_json(tmp_path):
     assert scaled["corpus_bytes"] >= 2 * one["corpus_bytes"] * 0.95
     assert all(run["peak_rss_bytes"] > 0 for run in result["runs"])
     assert result["speedup_2_workers"] == pytest.approx(two["tokens_per_s"] / one["tokens_per_s"])
+
+
+@pytest.mark.slow
+def test_loader_benchmark_writes_json(tmp_path):
+    out = tmp_path / "loader.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/loader.py"), "--dupe-factor", "1", "--shard-mb", "0.1",
+         "--samples", "2000", "--batch", "8", "--repeat", "1", "--work", str(tmp_path / "work"), "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    dataset = result["dataset"]
+    assert dataset["train_shards"] >= 2 and sum(dataset["shard_samples"]) == dataset["train_samples"] > 0
+    assert result["max_seq_length"] == 128 and result["cores"] > 0 and result["cpu_model"]
+    epochs = result["epochs_per_measurement"]
+    assert epochs == -(-2000 // dataset["train_samples"])  # whole epochs, at least --samples
+    assert result["samples_per_measurement"] == epochs * dataset["train_samples"] // 8 * 8
+    assert set(result["results"]) == {
+        "ours", "ours_no_checksum", "ours_remask", "webdataset",
+        "floor_webdataset_members", "floor_our_shard_read", "floor_our_shard_read_no_checksum",
+    }  # fmt: skip
+    for run in result["results"].values():
+        assert run["samples"] >= result["samples_per_measurement"] and run["samples_per_s"] > 0
+        assert len(run["samples_per_s_all"]) == 1
+    assert set(result["stages_us_per_sample"]) == {"plan", "decode", "collate", "remask"}
+    assert all(us > 0 for us in result["stages_us_per_sample"].values())
+    rates = {name: run["samples_per_s"] for name, run in result["results"].items()}
+    assert result["ratio_ours_to_reference"] == pytest.approx(rates["ours"] / rates["webdataset"])
+    assert result["ratio_ours_remask_to_reference"] == pytest.approx(rates["ours_remask"] / rates["webdataset"])

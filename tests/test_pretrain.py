@@ -1,0 +1,145 @@
+"""Real pretraining runs on CPU: DeepSpeed's CPU accelerator, gloo between ranks, the deepspeed launcher
+driven by launch/pretrain.sh, shards made by the Beam job. Each run takes tens of seconds."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+import torch
+
+from pipeline.checkpointing import latest_tag
+from pretrain_runs import (
+    PRETRAIN_SH,
+    ROOT,
+    cpu_env,
+    fingerprints,
+    free_port,
+    metrics,
+    rank_processes,
+    run_launcher,
+    run_single,
+    start_launcher,
+    status,
+    training_steps,
+    wait_for_step,
+)
+
+pytestmark = pytest.mark.slow
+
+STEPS = 30
+# Two loader workers per rank, so a resume also has to pick up the worker rotation where it was.
+RUN = ("--set", f"train_steps={STEPS}", "--set", "checkpoint_every=5", "--set", "loader_workers=2")
+RUN += ("--set", "record_batch_fingerprints=true", "--set", "eval_every=10")
+
+
+@pytest.fixture(scope="module")
+def reference_run(pretraining_dataset, tmp_path_factory):
+    """An uninterrupted 2-rank ZeRO-2 run of the tiny config."""
+    output = tmp_path_factory.mktemp("reference") / "run"
+    code, log = run_launcher(pretraining_dataset, output, *RUN)
+    assert code == 0, log[-3000:]
+    return output
+
+
+def test_two_ranks_zero2_loss_falls_and_checkpoints_appear(reference_run):
+    steps = training_steps(reference_run)
+    assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
+    first, last = [r["loss"] for r in steps[:5]], [r["loss"] for r in steps[-5:]]
+    assert sum(last) / 5 < sum(first) / 5 - 0.5, (first, last)
+    evaluations = [r for r in metrics(reference_run) if "eval_mlm_loss" in r]
+    assert [r["step"] for r in evaluations] == [10, 20, 30]
+    assert evaluations[-1]["eval_mlm_loss"] < evaluations[0]["eval_mlm_loss"]
+    assert all(0 <= r["eval_nsp_accuracy"] <= 1 and r["eval_masked_tokens"] > 0 for r in evaluations)
+    checkpoints = reference_run / "checkpoints"
+    assert latest_tag(checkpoints) == "step00000030"
+    kept = sorted(p.name for p in checkpoints.iterdir() if p.is_dir())
+    assert kept == ["step00000020", "step00000025", "step00000030"]  # keep_checkpoints = 3
+    for rank in (0, 1):
+        assert (checkpoints / "step00000030" / f"trainer_state_rank{rank}.pt").is_file()
+    assert status(reference_run) == {"state": "finished", "step": 30, "checkpoint": "step00000030", "message": ""}
+    config = json.loads((reference_run / "run_config.json").read_text())
+    assert config["world_size"] == 2 and config["deepspeed"]["zero_optimization"]["stage"] == 2
+
+
+def test_sigkill_of_one_rank_then_resume_sees_the_same_batches(reference_run, pretraining_dataset, tmp_path):
+    output = tmp_path / "run"
+    launcher = start_launcher(pretraining_dataset, output, *RUN)
+    wait_for_step(launcher, output, 17)  # the step-15 checkpoint is complete before step 16 starts
+    ranks = rank_processes(launcher)
+    assert sorted(ranks) == [0, 1]
+    ranks[1].send_signal(signal.SIGKILL)
+    assert launcher.wait(timeout=120) != 0
+    killed_at = max(r["step"] for r in training_steps(output))
+    assert killed_at < STEPS
+    resumed_from = latest_tag(output / "checkpoints")
+    assert resumed_from in ("step00000015", "step00000020")
+
+    code, log = run_launcher(pretraining_dataset, output, *RUN, "--resume", "auto")
+    assert code == 0, log[-3000:]
+    assert f"resumed from {resumed_from}" in log
+    for rank in (0, 1):
+        assert fingerprints(output, rank) == fingerprints(reference_run, rank), f"rank {rank}"
+    # One history in the metrics file: every step once, the repeated ones replaced.
+    assert [r["step"] for r in training_steps(output)] == list(range(1, STEPS + 1))
+    assert status(output)["state"] == "finished"
+
+
+def test_sigterm_writes_a_checkpoint_and_the_launcher_exits_zero(pretraining_dataset, tmp_path):
+    output = tmp_path / "run"
+    launcher = start_launcher(pretraining_dataset, output, "--set", "train_steps=400", "--set", "checkpoint_every=1000")
+    wait_for_step(launcher, output, 3)
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=120) == 0, (output.with_suffix(".log")).read_text()[-3000:]
+    state = status(output)
+    assert state["state"] == "interrupted" and 3 <= state["step"] < 400
+    assert state["checkpoint"] == latest_tag(output / "checkpoints") == f"step{state['step']:08d}"
+    assert "continue with --resume auto" in output.with_suffix(".log").read_text()
+
+
+def test_two_nodes_without_ssh_share_one_hostfile(pretraining_dataset, tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    output = tmp_path / "run"
+    port = str(free_port())
+    nodes = []
+    for node_rank in (0, 1):
+        command = [str(PRETRAIN_SH), "--phase", "tiny", "--no-ssh", "--node-rank", str(node_rank)]
+        command += ["--master-addr", "127.0.0.1", "--master-port", port, "--dataset", str(pretraining_dataset)]
+        command += ["--output", str(output), "--set", "train_steps=6"]
+        log = (tmp_path / f"node{node_rank}.log").open("w")
+        env = cpu_env(HOSTFILE=str(hostfile))
+        nodes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    assert [node.wait(timeout=300) for node in nodes] == [0, 0], (tmp_path / "node0.log").read_text()[-3000:]
+    assert json.loads((output / "run_config.json").read_text())["world_size"] == 2
+    assert status(output)["state"] == "finished"
+    assert [r["step"] for r in training_steps(output)] == list(range(1, 7))
+
+
+def test_zero3_run_completes(pretraining_dataset, tmp_path):
+    config = tmp_path / "ds.json"
+    ds = json.loads((ROOT / "launch/configs/tiny/deepspeed.json").read_text())
+    ds["zero_optimization"] = {"stage": 3}
+    config.write_text(json.dumps(ds))
+    output = tmp_path / "run"
+    code, log = run_launcher(pretraining_dataset, output, "--set", "train_steps=8", "--deepspeed-config", str(config))
+    assert code == 0, log[-3000:]
+    steps = training_steps(output)
+    assert len(steps) == 8 and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    assert status(output)["checkpoint"] == "step00000008"
+
+
+def test_bf16_run_completes(pretraining_dataset, tmp_path):
+    config = tmp_path / "ds.json"
+    ds = json.loads((ROOT / "launch/configs/tiny/deepspeed.json").read_text())
+    ds["bf16"] = {"enabled": True}
+    ds["zero_optimization"] = {"stage": 1}
+    config.write_text(json.dumps(ds))
+    output = tmp_path / "run"
+    result = run_single(pretraining_dataset, output, "--set", "train_steps=8", "--deepspeed-config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = training_steps(output)
+    assert len(steps) == 8 and steps[-1]["loss"] < steps[0]["loss"]
+    assert json.loads((output / "run_config.json").read_text())["deepspeed"]["bf16"]["enabled"] is True
