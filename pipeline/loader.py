@@ -244,7 +244,8 @@ class TrainBatches:
         try:
             batch = next(self.iterator)
         except ShardError as error:  # re-raised from a worker with its traceback in the message
-            raise ShardError(str(error).strip().splitlines()[-1].removeprefix(f"{ShardError.__module__}.ShardError: "))
+            message = str(error).strip().splitlines()[-1]
+            raise ShardError(message.removeprefix(f"{ShardError.__module__}.ShardError: ")) from None
 
         slot = batch.pop(SLOT_KEY)
         self.state.positions[slot] = batch.pop(POSITION_KEY)

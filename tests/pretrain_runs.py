@@ -3,6 +3,7 @@ DeepSpeed's CPU accelerator and gloo, or `bertpipe pretrain` as a single process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -59,10 +60,8 @@ def metrics(output: Path) -> list[dict]:
         return []
     records = []
     for line in path.read_text().splitlines():
-        try:
+        with contextlib.suppress(json.JSONDecodeError):  # a line being written
             records.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line being written
     return records
 
 

@@ -9,8 +9,6 @@ import subprocess
 
 import pytest
 import torch
-
-from pipeline.checkpointing import latest_tag
 from pretrain_runs import (
     PRETRAIN_SH,
     ROOT,
@@ -26,6 +24,8 @@ from pretrain_runs import (
     training_steps,
     wait_for_step,
 )
+
+from pipeline.checkpointing import latest_tag
 
 pytestmark = pytest.mark.slow
 
