@@ -292,6 +292,7 @@ class Trainer:
             else:
                 consecutive_nonfinite = 0
                 engine.backward(out.loss)
+                lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step applies; step() moves it on
                 engine.step()
                 sums += torch.stack(
                     [
@@ -317,7 +318,7 @@ class Trainer:
             if fingerprints is not None:
                 fingerprints.write({"step": step, "batches": batch_fingerprint(step_batches)})
             if step % train.log_every == 0 or step == train.train_steps:
-                record = self._step_record(step, sums, len(step_batches), throughput, skipped_batches)
+                record = self._step_record(step, lr, sums, len(step_batches), throughput, skipped_batches)
                 if metrics is not None:
                     metrics.write(record)
                     bar.set_postfix(postfix(record), refresh=False)
@@ -349,7 +350,7 @@ class Trainer:
     # -- step-boundary work --------------------------------------------------------------------------
 
     def _step_record(
-        self, step: int, sums: torch.Tensor, micro_batches: int, throughput: Throughput, skipped: int
+        self, step: int, lr: float, sums: torch.Tensor, micro_batches: int, throughput: Throughput, skipped: int
     ) -> dict[str, Any]:
         dist.all_reduce(sums)
         loss, mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n = sums.tolist()
@@ -362,7 +363,7 @@ class Trainer:
             "nsp_loss": nsp / batches,
             "mlm_accuracy": mlm_ok / max(mlm_n, 1.0),
             "nsp_accuracy": nsp_ok / max(nsp_n, 1.0),
-            "lr": self.lr_scheduler.get_last_lr()[0],
+            "lr": lr,
             "grad_norm": _number(self.engine.get_global_grad_norm()),
             "loss_scale": _number(getattr(self.optimizer, "cur_scale", None)),
             "skipped_batches": skipped,

@@ -143,3 +143,18 @@ def test_bf16_run_completes(pretraining_dataset, tmp_path):
     steps = training_steps(output)
     assert len(steps) == 8 and steps[-1]["loss"] < steps[0]["loss"]
     assert json.loads((output / "run_config.json").read_text())["deepspeed"]["bf16"]["enabled"] is True
+
+
+def test_init_from_a_run_starts_phase_two_with_its_weights_and_a_fresh_optimizer(
+    reference_run, pretraining_dataset, tmp_path
+):
+    output = tmp_path / "phase2"
+    result = run_single(pretraining_dataset, output, "--init-from", str(reference_run), "--set", "train_steps=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"initial weights from DeepSpeed checkpoint {reference_run}/checkpoints/step00000030" in result.stderr
+    steps = training_steps(output)
+    assert [r["step"] for r in steps] == list(range(1, 9))
+    assert steps[0]["lr"] == pytest.approx(1e-3 / 4)  # the schedule starts over: warmup step 1 of 4
+    fresh_loss = training_steps(reference_run)[0]["loss"]
+    trained_loss = training_steps(reference_run)[-1]["loss"]
+    assert steps[0]["loss"] < fresh_loss - 0.5 and abs(steps[0]["loss"] - trained_loss) < 0.5
