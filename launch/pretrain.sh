@@ -12,6 +12,7 @@
 #   --master-port P       (default 29500; pick another where that one is taken)
 #   --no-ssh --node-rank R  start this node's ranks only; run the same command on every node
 #                           (clusters without ssh between nodes; under srun R defaults to SLURM_NODEID)
+#   --print-command       print the launcher command line and exit
 # HOSTFILE names the DeepSpeed hostfile (lines "host slots=G"; default launch/hostfile; see
 # launch/hostfile.example); without one the run is single-node. Inside a Slurm allocation
 # (SLURM_JOB_NODELIST set, no HOSTFILE) the hostfile is built from the allocation.
@@ -43,6 +44,7 @@ master_addr=
 master_port=${MASTER_PORT:-29500}
 no_ssh=0
 node_rank=${SLURM_NODEID:-}
+print_only=0
 trainer_args=()
 while (($#)); do
   case $1 in
@@ -54,6 +56,7 @@ while (($#)); do
     --master-addr) master_addr=${2:?}; shift 2 ;;
     --master-port) master_port=${2:?}; shift 2 ;;
     --no-ssh) no_ssh=1; shift ;;
+    --print-command) print_only=1; shift ;;
     --node-rank) node_rank=${2:?}; shift 2 ;;
     --local_rank=*) shift ;;  # the launcher's; the trainer reads LOCAL_RANK
     *) trainer_args+=("$1"); shift ;;
@@ -105,13 +108,18 @@ if ((no_ssh)); then
   launcher+=(--no_ssh --node_rank "$node_rank")
 fi
 
+launcher+=(--no_python --no_local_rank "$root/launch/pretrain.sh" --config "$config" "${trainer_args[@]}")
+if ((print_only)); then
+  printf '%q ' "${launcher[@]}"
+  echo
+  exit 0
+fi
+
 if [[ ${DS_ACCELERATOR:-} == cpu ]]; then
   # DeepSpeed compiles a shared-memory op at its first CPU run; build it once here rather than in
   # every rank at the same time.
   "$python" -m pipeline.cpu_ops || exit 1
 fi
-
-launcher+=(--no_python --no_local_rank "$root/launch/pretrain.sh" --config "$config" "${trainer_args[@]}")
 echo "pretrain.sh: ${launcher[*]}" >&2
 
 # The launcher runs in its own process group, so that a signal to this script reaches every process
