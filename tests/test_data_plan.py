@@ -202,7 +202,7 @@ def test_resuming_yields_the_window_that_holds_the_resume_point():
     sizes = [3, 5, 2, 4]
     epoch_size = stream_epoch_size(sizes, 1, 0)
     uninterrupted = list(islice(stream_plan(sizes, 1, 0, seed=1, window_shards=1), 4))
-    offsets = [0] + list(np.cumsum([w.size for w, _ in uninterrupted]))
+    offsets = [0, *np.cumsum([w.size for w, _ in uninterrupted]).tolist()]
     for window_number, (window, _) in enumerate(uninterrupted):
         inside = offsets[window_number] + 1  # one sample into the window
         resumed_window, resumed = next(stream_plan(sizes, 1, 0, seed=1, window_shards=1, start_plan_index=inside))

@@ -355,7 +355,9 @@ def test_every_rank_gets_the_same_number_of_evaluation_batches(
         for batch in batches[:real]:
             assert (batch["next_sentence_label"] >= 0).all()
             assert ((batch["masked_lm_labels"] != IGNORE_INDEX).sum(dim=1) > 0).all()
-            rows.extend(ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"]))
+            rows.extend(
+                ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+            )
         for padding in batches[real:]:
             assert (padding["masked_lm_labels"] == IGNORE_INDEX).all()
             assert (padding["next_sentence_label"] == IGNORE_INDEX).all()
