@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +226,7 @@ class TrainBatches:
 
     def __post_init__(self) -> None:
         data_plan.check_streams(self.spec.shard_sizes, self.state.world_size * self.state.slots, self.spec.split)
-        dataset = TrainStream(self.spec, self.options, self.rank, replace(self.state))
+        dataset = TrainStream(self.spec, self.options, self.rank, LoaderState.from_dict(self.state.to_dict()))
         self.loader = DataLoader(
             dataset,
             batch_size=None,
