@@ -122,6 +122,8 @@ def test_zero3_run_completes(pretraining_dataset, tmp_path):
     config = tmp_path / "ds.json"
     ds = json.loads((ROOT / "launch/configs/tiny/deepspeed.json").read_text())
     ds["zero_optimization"] = {"stage": 3}
+    ds.update(train_batch_size=64)  # 16 per rank x 2 ranks x gradient accumulation 2 (derived)
+    del ds["gradient_accumulation_steps"]
     config.write_text(json.dumps(ds))
     output = tmp_path / "run"
     code, log = run_launcher(pretraining_dataset, output, "--set", "train_steps=8", "--deepspeed-config", str(config))
@@ -129,6 +131,9 @@ def test_zero3_run_completes(pretraining_dataset, tmp_path):
     steps = training_steps(output)
     assert len(steps) == 8 and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
     assert status(output)["checkpoint"] == "step00000008"
+    resolved = json.loads((output / "run_config.json").read_text())["deepspeed"]
+    assert resolved["gradient_accumulation_steps"] == 2 and resolved["train_micro_batch_size_per_gpu"] == 16
+    assert all(r["sequences_per_s"] > 0 for r in steps)
 
 
 def test_bf16_run_completes(pretraining_dataset, tmp_path):
