@@ -98,11 +98,10 @@ def run(args: argparse.Namespace) -> dict:
     ours.train()
     theirs.train()
 
-    forward = ours
-    if args.compile:
-        forward = torch.compile(ours)
+    # Both or neither compiled: the ratio compares the models, not torch.compile.
+    compile_ = torch.compile if args.compile else (lambda module: module)
     fused = device.type == "cuda"
-    runs = {"ours": (forward, ours_batch), "transformers": (theirs, theirs_batch)}
+    runs = {"ours": (compile_(ours), ours_batch), "transformers": (compile_(theirs), theirs_batch)}
     optimizers = {
         "ours": torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=fused),
         "transformers": torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=fused),
@@ -122,6 +121,9 @@ def run(args: argparse.Namespace) -> dict:
             synchronize(device)
             if step >= args.warmup:
                 times[name].append(time.perf_counter() - start)
+
+    if args.profile:
+        write_profile(args.profile, runs, optimizers, autocast, device)
 
     masked = ours_batch["masked_lm_positions"].shape[1]
     flops_per_step = args.batch * pretraining_step_flops(config, args.seq, masked)
@@ -156,6 +158,26 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def write_profile(path: Path, runs: dict, optimizers: dict, autocast, device: torch.device) -> None:
+    """Two more steps of each model under torch.profiler; the kernels by total device time, as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    tables = []
+    for name, (call, batch) in runs.items():
+        with profile(activities=activities) as profiler:
+            for _ in range(2):
+                optimizers[name].zero_grad(set_to_none=True)
+                with autocast:
+                    loss = call(**batch).loss
+                loss.backward()
+                optimizers[name].step()
+            synchronize(device)
+        tables.append(f"== {name} (2 steps)\n" + profiler.key_averages().table(sort_by=sort_by, row_limit=40))
+    path.write_text("\n\n".join(tables) + "\n")
+
+
 def peak_flops(device: torch.device) -> float | None:
     return peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
@@ -182,8 +204,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--compile", action="store_true", help="torch.compile our model")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--profile", type=Path, help="also write a kernel time table (torch.profiler) here")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_step.json"))
     args = parser.parse_args()
 
