@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -98,6 +99,15 @@ def _pretrain(args: argparse.Namespace, _: list[str]) -> int:
     return pretrain(request)
 
 
+def _export(args: argparse.Namespace, _: list[str]) -> int:
+    from pipeline.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, args.tag, args.tokenizer, args.overwrite)
+    info = json.loads((out / "export_info.json").read_text())
+    print(f"exported {info['tag']} (step {info['step']}, ZeRO stage {info['zero_stage']}) -> {out}")
+    return 0
+
+
 def quiet_optional_cloud_warnings() -> None:
     """Beam announces at import that its GCP extras are absent; local runs do not need them."""
     logging.getLogger("apache_beam.io.gcp.bigquery").setLevel(logging.WARNING)
@@ -178,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-bad-shards", action="store_true", help="skip and count unreadable shards")
     train.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     train.set_defaults(handler=_pretrain)
+
+    export = commands.add_parser("export", help="DeepSpeed checkpoint -> Hugging Face model directory (fp32)")
+    export.add_argument("--checkpoint", required=True, help="a run's output dir, its checkpoints/ dir or a step dir")
+    export.add_argument("--tag", help="checkpoint tag (stepNNNNNNNN); default: the one `latest` names")
+    export.add_argument("--out", required=True, help="directory for config.json, model.safetensors, tokenizer files")
+    export.add_argument("--tokenizer", help="tokenizer directory; default: the run's dataset directory")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.set_defaults(handler=_export)
     return parser
 
 

@@ -16,6 +16,9 @@ from pipeline import checkpointing
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+# mp_rank_00_model_states.pt at stages 0-2; zero_pp_rank_{r}_mp_rank_00_model_states.pt, one per rank, at
+# stage 3 (each holds the client state; the weights are in the optimizer states).
+MODEL_STATES = "*mp_rank_*_model_states.pt"
 
 
 def checkpoint_tag_dir(path: Path) -> Path | None:
@@ -23,7 +26,7 @@ def checkpoint_tag_dir(path: Path) -> Path | None:
     for candidate in (path, path / CHECKPOINTS):
         if (candidate / checkpointing.LATEST).is_file():
             return candidate / checkpointing.latest_tag(candidate)
-    if path.is_dir() and any(path.glob("mp_rank_*_model_states.pt")):
+    if path.is_dir() and any(path.glob(MODEL_STATES)):
         return path
     return None
 
@@ -34,14 +37,14 @@ def model_config_of(path: Path) -> BertConfig | None:
         return BertConfig.from_pretrained(path)
     tag_dir = checkpoint_tag_dir(path)
     if tag_dir is not None:
-        client_state = _model_states(tag_dir)
+        client_state = model_states(tag_dir)
         if "model_config" in client_state:
             return BertConfig.from_dict(client_state["model_config"])
     return None
 
 
-def _model_states(tag_dir: Path) -> dict:
-    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+def model_states(tag_dir: Path) -> dict:
+    files = sorted(tag_dir.glob(MODEL_STATES))
     if not files:
         raise CheckpointError(f"{tag_dir} holds no DeepSpeed model states (mp_rank_00_model_states.pt)")
     return torch.load(files[0], map_location="cpu", weights_only=False)
@@ -49,7 +52,7 @@ def _model_states(tag_dir: Path) -> dict:
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """fp32 weights of a DeepSpeed checkpoint tag, from any ZeRO stage."""
-    states = _model_states(tag_dir)
+    states = model_states(tag_dir)
     stage = states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0)
     if stage == 0 or not any(tag_dir.glob("*optim_states.pt")):
         return {name: tensor.float() for name, tensor in states["module"].items()}

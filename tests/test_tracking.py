@@ -1,0 +1,334 @@
+"""pipeline/tracking.py and launch/mlflow_server.sh against real MLflow stores: the embedded sqlite one and
+`mlflow server` processes on 127.0.0.1, started, killed and restarted here."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.tracking import MAX_PARAM_VALUE, TRUNCATED, RunTracker, flatten_params, tracking_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+HTTP_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+FAST = {"flush_interval_s": 0.2, "retry_max_s": 1.0}  # a test's patience, not the trainer's defaults
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Server:
+    """A real `mlflow server` in its own process group (it starts a uvicorn worker), on a sqlite store."""
+
+    def __init__(self, store: Path, port: int):
+        store.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # GenAI job runner: not needed here
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}"]
+        command += ["--artifacts-destination", str(store / "mlartifacts"), "--workers", "1"]
+        with (store / "server.log").open("ab") as log_file:
+            self.process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.uri = f"http://127.0.0.1:{port}"
+        wait_for(lambda: answers(self.uri + "/health") or self.process.poll() is not None, 90, "mlflow server")
+        assert self.process.poll() is None, (store / "server.log").read_text()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[[Path, int], Server]]:
+    started: list[Server] = []
+
+    def start(store: Path, port: int) -> Server:
+        started.append(Server(store, port))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def http_env() -> Iterator[None]:
+    """The tracker sets MLflow's HTTP timeout and retries process-wide (MLflow has no per-client setting);
+    undo that after the test."""
+    saved = {name: os.environ.pop(name, None) for name in HTTP_ENV}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def messages(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.WARNING) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "pipeline.tracking" and r.levelno == level and text in r.getMessage()]  # fmt: skip
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(metric.step for metric in client.get_metric_history(run_id, key))
+
+
+# -- no store needed ---------------------------------------------------------------------------------------
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert tracking_uri(tmp_path) == "http://tracking:5000"
+    assert tracking_uri(tmp_path, "http://explicit:5000") == "http://explicit:5000"
+
+
+def test_flatten_params_dots_and_truncates():
+    flat = flatten_params({"train": {"lr": 1e-4, "sched": {"warmup": 10}}, "tags": [1, 2], "empty": {}, "x": None})
+    assert flat == {"train.lr": "0.0001", "train.sched.warmup": "10", "tags": "[1, 2]", "empty": "{}", "x": "None"}
+    long = flatten_params({"long": "y" * (MAX_PARAM_VALUE + 10)})["long"]
+    assert len(long) == MAX_PARAM_VALUE and long.endswith(TRUNCATED)
+
+
+def test_queue_skips_missing_values_and_drops_the_oldest_when_full(caplog):
+    tracker = RunTracker("http://127.0.0.1:9", max_pending=100, system_metrics_interval_s=None)
+    tracker.log_metrics(1, {"step": 1, "loss": 2.0, "mfu": None, "nan": math.nan, "inf": math.inf, "name": "x"})
+    assert tracker.pending == 1
+    for step in range(2, 152):
+        tracker.log_metrics(step, {"loss": 1.0})
+    assert tracker.pending == 100
+    assert len(messages(caplog, "backlog is full")) == 1
+    assert tracker.finish() == 151  # never started: nothing was sent
+
+
+# -- embedded sqlite store ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_embedded_store_logs_and_a_second_tracker_continues_the_run(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.tracking")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = {"train": {"lr": 1e-4, "train_steps": 8}, "model": {"hidden": 64}, "note": "z" * 7000}
+    tracker = RunTracker.for_output(tmp_path, system_metrics_interval_s=0.1, **FAST)
+    assert tracker.uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    run_id = tracker.start("bert-tiny", run_name="phase1", tags={"phase": "1"})
+    assert run_id is not None and tracker.run_id == run_id
+    tracker.log_params(config)
+    for step in range(1, 5):
+        tracker.log_metrics(step, {"step": step, "loss": 10.0 / step, "lr": 1e-4, "mfu": None, "bad": math.nan})
+    tracker.log_metrics(4, {"eval_mlm_loss": 2.5})
+    time.sleep(0.3)  # a system metrics sample or two
+    tracker.set_tags({"state": "checkpointed"})
+    assert tracker.finish() == 0
+
+    client = MlflowClient(tracker.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "phase1"
+    assert run.data.params["train.lr"] == "0.0001" and run.data.params["model.hidden"] == "64"
+    assert len(run.data.params["note"]) == MAX_PARAM_VALUE and run.data.params["note"].endswith(TRUNCATED)
+    assert run.data.tags["phase"] == "1" and run.data.tags["state"] == "checkpointed"
+    assert steps(client, run_id, "loss") == [1, 2, 3, 4]
+    assert [m.value for m in client.get_metric_history(run_id, "eval_mlm_loss")] == [2.5]
+    assert "bad" not in run.data.metrics and "mfu" not in run.data.metrics and "step" not in run.data.metrics
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
+
+    # The resumed trainer: same run, steps go on, the same config logged again is no error.
+    caplog.clear()
+    resumed = RunTracker.for_output(tmp_path, system_metrics_interval_s=None, **FAST)
+    assert resumed.start("bert-tiny", run_id=run_id) == run_id
+    assert client.get_run(run_id).info.status == "RUNNING"
+    resumed.log_params(config)
+    resumed.log_params({"train": {"train_steps": 16}, "resume": {"from_step": 4}})
+    for step in range(5, 9):
+        resumed.log_metrics(step, {"loss": 10.0 / step})
+    assert resumed.finish("KILLED") == 0
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert steps(client, run_id, "loss") == list(range(1, 9))
+    assert run.data.params["train.train_steps"] == "8" and run.data.params["resume.from_step"] == "4"
+    changed = messages(caplog, "is not logged")
+    assert len(changed) == 1 and "train.train_steps" in changed[0]
+
+
+# -- a real server ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_server_down_at_start(tmp_path, servers, http_env, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.tracking")
+    port = free_port()
+    tracker = RunTracker(f"http://127.0.0.1:{port}", system_metrics_interval_s=None, **FAST)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert tracker.start("down-at-start", run_name="late", tags={"phase": "1"}) is None
+    tracker.log_params({"train": {"lr": 1e-4}})
+    for step in range(1, 10_001):
+        tracker.log_metrics(step, {"loss": 1.0 / step})
+    assert tracker.pending == 10_000 + 2  # the metrics, the param, the tag: all waiting in memory
+    assert tracker.run_id is None
+
+    server = servers(tmp_path / "store", port)
+    wait_for(lambda: tracker.run_id is not None, 30, "the run to be created")
+    assert tracker.finish(timeout_s=60) == 0
+    client = MlflowClient(server.uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "late"
+    assert run.data.params == {"train.lr": "0.0001"} and run.data.tags["phase"] == "1"
+    history = sorted(client.get_metric_history(tracker.run_id, "loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(1, 10_001))
+    assert history[9].value == pytest.approx(0.1)
+    assert len(messages(caplog, "unavailable")) == 1
+    assert len(messages(caplog, "logging resumed", logging.INFO)) == 1
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run_and_restarted(tmp_path, servers, http_env, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.tracking")
+    port, store = free_port(), tmp_path / "store"
+    server = servers(store, port)
+    tracker = RunTracker(server.uri, system_metrics_interval_s=None, **FAST)
+    run_id = tracker.start("killed", tags={"phase": "1"})
+    assert run_id is not None
+    client = MlflowClient(server.uri)
+    for step in range(1, 51):
+        tracker.log_metrics(step, {"loss": 1.0 / step})
+    wait_for(lambda: tracker.pending == 0, 30, "the first records to be sent")
+
+    server.kill(signal.SIGKILL)
+    gap_logged_ms = int(time.time() * 1000)
+    for step in range(51, 101):
+        tracker.log_metrics(step, {"loss": 1.0 / step, "lr": 1e-4})
+    wait_for(lambda: messages(caplog, "stopped answering"), 30, "the outage warning")
+    assert tracker.pending == 100
+
+    server = servers(store, port)
+    restarted_ms = int(time.time() * 1000)
+    wait_for(lambda: messages(caplog, "logging resumed", logging.INFO), 30, "the resume message")
+    for step in range(101, 111):
+        tracker.log_metrics(step, {"loss": 1.0 / step})
+    assert tracker.finish(timeout_s=60) == 0
+
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert steps(client, run_id, "loss") == list(range(1, 111))
+    gap = [m for m in client.get_metric_history(run_id, "lr")]
+    assert sorted(m.step for m in gap) == list(range(51, 101))
+    assert all(gap_logged_ms - 1000 <= m.timestamp < restarted_ms for m in gap)  # when logged, not when sent
+    assert len(messages(caplog, "stopped answering")) == 1
+
+
+# -- launch/mlflow_server.sh -------------------------------------------------------------------------------
+
+
+def all_gone(processes: list[psutil.Process], timeout_s: float) -> bool:
+    """Exited (a zombie counts: an orphan waits for whatever reaps it)."""
+
+    def gone(process: psutil.Process) -> bool:
+        try:
+            return process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + timeout_s
+    while not all(gone(p) for p in processes):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def launch(*args: str, stderr_path: Path, **env: str) -> subprocess.Popen:
+    environment = dict(os.environ, BERTPIPE_PYTHON=sys.executable, **env)
+    with stderr_path.open("wb") as stderr:
+        return subprocess.Popen(
+            [str(ROOT / "launch" / "mlflow_server.sh"), *args],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+
+
+def use(uri: str) -> None:
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("from-script")
+    run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "loss", 1.5, step=3)
+    assert client.get_run(run.info.run_id).data.metrics == {"loss": 1.5}
+
+
+@pytest.mark.slow
+def test_launch_script_serves_in_the_foreground_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    process = launch(
+        "--port", str(port), "--dir", str(tmp_path / "srv"), "--workers", "1", stderr_path=tmp_path / "err"
+    )
+    try:
+        uri = process.stdout.readline().strip()
+        assert uri == f"http://127.0.0.1:{port}", (tmp_path / "err").read_text()
+        use(uri)
+        workers = psutil.Process(process.pid).children(recursive=True)
+        assert workers  # mlflow server, its uvicorn worker, its job runner
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, (tmp_path / "err").read_text()
+        assert all_gone(workers, 10)
+        assert not answers(uri + "/health")
+        assert (tmp_path / "srv" / "mlflow.db").is_file()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.slow
+def test_launch_script_in_the_background(tmp_path):
+    port, pid_file = free_port(), tmp_path / "mlflow.pid"
+    args = ["--background", "--port", str(port), "--dir", str(tmp_path / "srv"), "--pid-file", str(pid_file)]
+    process = launch(*args, "--workers", "1", stderr_path=tmp_path / "err", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, (tmp_path / "err").read_text()
+    server = psutil.Process(int(pid_file.read_text()))
+    try:
+        assert out.strip() == f"http://127.0.0.1:{port}"
+        use(out.strip())
+        again = launch("--port", str(port), "--dir", str(tmp_path / "other"), stderr_path=tmp_path / "err2")
+        assert again.wait(timeout=60) == 2 and "is taken" in (tmp_path / "err2").read_text()
+        workers = server.children(recursive=True)
+        server.terminate()
+        assert all_gone([server, *workers], 30)
+    finally:
+        if not all_gone([server], 0):
+            os.killpg(server.pid, signal.SIGKILL)
