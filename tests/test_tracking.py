@@ -98,7 +98,8 @@ def http_env() -> Iterator[None]:
 
 
 def messages(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.WARNING) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "pipeline.tracking" and r.levelno == level and text in r.getMessage()]  # fmt: skip
+    ours = [r for r in caplog.records if r.name == "pipeline.tracking" and r.levelno == level]
+    return [r.getMessage() for r in ours if text in r.getMessage()]
 
 
 def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
