@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -95,8 +96,33 @@ def _pretrain(args: argparse.Namespace, _: list[str]) -> int:
         init_from=args.init_from,
         overrides=overrides,
         deepspeed_config=args.deepspeed_config,
+        tracking_uri=args.tracking_uri,
     )
     return pretrain(request)
+
+
+def _register(args: argparse.Namespace, _: list[str]) -> int:
+    from pipeline.registry import register_checkpoint, register_export
+    from pipeline.tracking import tracking_uri
+
+    source = Path(args.checkpoint or args.model)
+    if args.checkpoint:
+        run_dir = source if (source / "checkpoints").is_dir() else source.parent
+        uri = tracking_uri(run_dir, args.tracking_uri)
+        registration = register_checkpoint(source, uri, args.name, args.tag, args.run_id, args.phase)
+    else:
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise UsageError(
+                "--model needs --tracking-uri or MLFLOW_TRACKING_URI (a checkpoint brings its run's store)"
+            )
+        if not args.name:
+            raise UsageError("--model needs --name (the registered model)")
+        tags = {"phase": args.phase} if args.phase else {}
+        registration = register_export(source, uri, args.name, args.run_id, tags)
+    aliases = f" (aliases: {', '.join(registration.aliases)})" if registration.aliases else ""
+    print(f"registered {registration.uri}{aliases} at {uri}")
+    return 0
 
 
 def _export(args: argparse.Namespace, _: list[str]) -> int:
@@ -186,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--deepspeed-config", help="DeepSpeed JSON to use instead of the config directory's")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train.json field")
     train.add_argument("--skip-bad-shards", action="store_true", help="skip and count unreadable shards")
+    train.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI, or 'off'; default MLFLOW_TRACKING_URI, else sqlite:///<output>/mlflow.db",
+    )
     train.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     train.set_defaults(handler=_pretrain)
 
@@ -196,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tokenizer", help="tokenizer directory; default: the run's dataset directory")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     export.set_defaults(handler=_export)
+
+    register = commands.add_parser("register", help="export and register a model version in the MLflow registry")
+    what = register.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="a run's output dir (its latest checkpoint), checkpoints/ dir or step dir")
+    what.add_argument("--model", help="an exported Hugging Face directory (bertpipe export)")
+    register.add_argument("--tag", help="checkpoint tag (stepNNNNNNNN); default: the latest")
+    register.add_argument("--name", help="registered model name; default bert-<preset> of the run")
+    register.add_argument("--phase", help="phase tag for the version")
+    register.add_argument("--run-id", help="MLflow run to log the model in; default: the checkpoint's run")
+    register.add_argument(
+        "--tracking-uri", help="default MLFLOW_TRACKING_URI, else the run's sqlite:///<output>/mlflow.db"
+    )
+    register.set_defaults(handler=_register)
     return parser
 
 

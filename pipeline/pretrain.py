@@ -6,12 +6,14 @@ train micro-batch by micro-batch -> at step boundaries: metrics, evaluation, che
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import signal
 import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,9 @@ from pipeline.dataset_check import check_against_model, load_manifest
 from pipeline.evaluate import evaluate
 from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_batches, resume_state
 from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
+from pipeline.model_source import resolve_model
 from pipeline.schedule import Schedule
+from pipeline.tracking import RunTracker
 from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
 from pipeline.weights import load_initial_weights, model_config_of
 
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 STATUS_FILE = "run_status.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+TRACKING_OFF = "off"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,6 +58,7 @@ class PretrainRequest:
     init_from: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     deepspeed_config: str | None = None
+    tracking_uri: str | None = None  # "off": no MLflow; default MLFLOW_TRACKING_URI, else <output>/mlflow.db
 
 
 class StopRequest:
@@ -132,7 +138,10 @@ class Trainer:
         self.config: LoadedConfig = load_config(request.config, request.overrides, request.deepspeed_config)
         self.train = self.config.train
         self.manifest = load_manifest(request.dataset)
-        self.model_config = resolve_model_config(self.train, self.manifest, request.init_from)
+        registry_uri = None if request.tracking_uri == TRACKING_OFF else request.tracking_uri
+        # A registry URI becomes a local directory here, once, before any rank starts training.
+        self.init_from = str(resolve_model(request.init_from, registry_uri).path) if request.init_from else None
+        self.model_config = resolve_model_config(self.train, self.manifest, self.init_from)
         check_against_model(self.manifest, self.model_config)
         self.schedule = Schedule(
             self.train.train_steps,
@@ -149,6 +158,12 @@ class Trainer:
         self.ds_config, self.optimizer_spec, self.batch_sizes = deepspeed_config.prepare(
             self.config.deepspeed, self.world_size, self.on_gpu
         )
+        hosts: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(hosts, socket.gethostname())
+        self.nodes = len(set(hosts))
+        self.tracker: RunTracker | None = None
+        self.best_eval_loss = float("inf")
+        self.final_state = "running"
         dist.barrier()  # every rank has passed the checks before anything is written
 
     # -- building -------------------------------------------------------------------------------------
@@ -158,8 +173,8 @@ class Trainer:
 
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         model = BertForPreTraining(self.model_config)
-        if self.request.init_from and self.resume_tag is None:
-            load_initial_weights(model, self.request.init_from)
+        if self.init_from and self.resume_tag is None:
+            load_initial_weights(model, self.init_from)
         groups = deepspeed_config.parameter_groups(model, self.optimizer_spec.weight_decay)
         optimizer = None
         if self.optimizer_spec.kind == "adamw":
@@ -242,13 +257,14 @@ class Trainer:
         if is_main:
             write_status(self.output, "running", step, self.resume_tag)
             self._write_run_config()
+            self._start_tracking(step)
         stop = StopRequest()
         bar = progress_bar(self.train.train_steps, step, enabled=is_main)
+        outcome = 1
         try:
             outcome = self._loop(step, stop, metrics, fingerprints, bar)
         except NonFiniteLossError as error:
-            if is_main:
-                write_status(self.output, "failed", self.engine.global_steps, self._latest(), str(error))
+            self._status("failed", self.engine.global_steps, str(error))
             log.error("%s", error)
             return 1
         finally:
@@ -257,6 +273,8 @@ class Trainer:
             for handle in (metrics, fingerprints):
                 if handle is not None:
                     handle.close()
+            if self.tracker is not None:
+                self._finish_tracking()
         return outcome
 
     def _loop(self, step: int, stop: StopRequest, metrics, fingerprints, bar) -> int:
@@ -322,29 +340,31 @@ class Trainer:
                 if metrics is not None:
                     metrics.write(record)
                     bar.set_postfix(postfix(record), refresh=False)
+                if self.tracker is not None:
+                    self.tracker.log_metrics(step, record)
                 sums.zero_()
                 skipped_batches = 0
             step_batches = []
             if train.eval_every and step % train.eval_every == 0 and step < train.train_steps:
-                self._evaluate(step, metrics)
+                improved = self._evaluate(step, metrics)
+                if improved and train.register_on_best_eval and self._save(step):
+                    last_saved = step
+                    self._register(step)
             if stop_now or stop.requested:
                 saved = self._save(step)
-                if self.rank == 0:
-                    state = "interrupted" if saved else "failed"
-                    message = f"stopped by {stop.signal_name or 'a signal on another rank'}"
-                    write_status(self.output, state, step, self._latest(), message)
+                message = f"stopped by {stop.signal_name or 'a signal on another rank'}"
+                self._status("interrupted" if saved else "failed", step, message)
                 log.warning("stopped at step %d by a signal; checkpoint %s", step, "saved" if saved else "FAILED")
                 return 0 if saved else 1
             if step % train.checkpoint_every == 0 and self._save(step):
                 last_saved = step
         self._evaluate(step, metrics)
         if last_saved != step and not self._save(step):
-            if self.rank == 0:
-                message = f"the final checkpoint could not be written; the last usable one is {self._latest()}"
-                write_status(self.output, "failed", step, self._latest(), message)
+            message = f"the final checkpoint could not be written; the last usable one is {self._latest()}"
+            self._status("failed", step, message)
             return 1
-        if self.rank == 0:
-            write_status(self.output, "finished", step, self._latest())
+        message = self._register(step) if self.train.register else ""
+        self._status("finished", step, message)
         return 0
 
     # -- step-boundary work --------------------------------------------------------------------------
@@ -390,12 +410,17 @@ class Trainer:
         flops = pretraining_step_flops(self.model_config, round(padded_length), predictions)
         return flops * sequences_per_s / (peak * self.world_size)
 
-    def _evaluate(self, step: int, metrics: JsonLines | None) -> None:
+    def _evaluate(self, step: int, metrics: JsonLines | None) -> bool:
+        """Evaluate on every rank (the result is all-reduced); True when the MLM loss is the run's best yet."""
         if not self.eval_batches:
-            return
+            return False
         result = evaluate(self.engine, self.eval_batches, self.engine.device)
+        improved = result.mlm_loss < self.best_eval_loss
+        self.best_eval_loss = min(self.best_eval_loss, result.mlm_loss)
         if metrics is not None:
             metrics.write({"step": step, **result.as_metrics()})
+        if self.tracker is not None:
+            self.tracker.log_metrics(step, result.as_metrics())
         if self.rank == 0:
             log.info(
                 "step %d evaluation: MLM loss %.4f, MLM accuracy %.4f, NSP accuracy %.4f",
@@ -404,12 +429,13 @@ class Trainer:
                 result.mlm_accuracy,
                 result.nsp_accuracy,
             )
+        return improved
 
     def _save(self, step: int) -> bool:
         directory = self.output / CHECKPOINTS
         client_state = {
             "step": step,
-            "run_id": self.run_id,
+            "run_id": self.tracker.run_id if self.tracker is not None else self.run_id,
             "train_config": self.train.to_dict(),
             "model_config": self.model_config.to_dict(),
             "dataset": str(Path(self.request.dataset).resolve()),
@@ -420,6 +446,88 @@ class Trainer:
         return checkpointing.save(
             self.engine, directory, step, client_state, rank_state, self.train.keep_checkpoints, self.engine.device
         )
+
+    def _status(self, state: str, step: int, message: str = "") -> None:
+        self.final_state = state
+        if self.rank == 0:
+            write_status(self.output, state, step, self._latest(), message)
+
+    # -- MLflow (rank 0) -----------------------------------------------------------------------------
+
+    def _start_tracking(self, step: int) -> None:
+        if self.request.tracking_uri == TRACKING_OFF:
+            return
+        self.tracker = RunTracker.for_output(self.output, self.request.tracking_uri)
+        tags = {
+            "phase": self.train.phase,
+            "world_size": self.world_size,
+            "nodes": self.nodes,
+            "dataset_sha256": self.manifest_sha256,
+            "tokenizer_vocab_sha256": self.manifest["tokenizer"].get("vocab_sha256"),
+            "output": str(self.output.resolve()),
+        }
+        if self.resume_tag is not None:
+            tags["resumed_at_step"] = step
+        run_id = self.tracker.start(self.train.experiment, self.run_id, self.output.name, tags, wait_s=5.0)
+        self.tracker.log_params(self._params())
+        if run_id is not None:
+            log.info("MLflow run %s at %s", run_id, self.tracker.uri)
+
+    def _params(self) -> dict[str, Any]:
+        manifest = self.manifest
+        return {
+            "model": self.model_config.to_dict(),
+            "train": self.train.to_dict(),
+            "deepspeed": self.ds_config,
+            "batch": {
+                "global": self.batch_sizes.global_batch,
+                "micro": self.batch_sizes.micro,
+                "accumulation": self.batch_sizes.accumulation,
+            },
+            "dataset": {
+                "path": str(Path(self.request.dataset).resolve()),
+                "manifest_sha256": self.manifest_sha256,
+                "parameters": manifest["parameters"],
+                "tokenizer": {k: v for k, v in manifest["tokenizer"].items() if k != "special_token_ids"},
+                "totals": manifest["totals"],
+                "train_samples": manifest["splits"]["train"]["samples"],
+                "validation_samples": manifest["splits"]["validation"]["samples"],
+            },
+            "init_from": self.request.init_from,
+            "world_size": self.world_size,
+            "nodes": self.nodes,
+            "code": code_version(),
+        }
+
+    def _register(self, step: int) -> str:
+        """Export the checkpoint at `step` and register it (rank 0); the other ranks wait at the next collective.
+        A failure is reported and training goes on: `bertpipe register` can do it later."""
+        if self.rank != 0 or self.tracker is None:
+            return ""
+        later = f"run `bertpipe register --checkpoint {self.output} --tag {checkpointing.tag_for(step)}` later"
+        run_id = self.tracker.run_id
+        if run_id is None:
+            log.warning("MLflow is unavailable, so step %d was not registered; %s", step, later)
+            return f"not registered (MLflow unavailable); {later}"
+        from pipeline.registry import register_checkpoint
+
+        try:
+            registration = register_checkpoint(
+                self.output, self.tracker.uri, tag=checkpointing.tag_for(step), run_id=run_id, phase=self.train.phase
+            )
+        except Exception as error:  # a registry problem must not fail a finished run
+            log.warning("registering step %d failed (%s: %s); %s", step, type(error).__name__, error, later)
+            return f"not registered ({type(error).__name__}); {later}"
+        self.tracker.set_tags({"registered_version": registration.uri})
+        champion = " (champion)" if registration.champion else ""
+        return f"registered {registration.uri}{champion}"
+
+    def _finish_tracking(self) -> None:
+        assert self.tracker is not None
+        status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(self.final_state, "FAILED")
+        unsent = self.tracker.finish(status)
+        if unsent:
+            log.warning("%d MLflow records were not sent; %s has every step", unsent, self.output / METRICS_FILE)
 
     def _latest(self) -> str | None:
         directory = self.output / CHECKPOINTS
@@ -432,9 +540,35 @@ class Trainer:
             "model": self.model_config.to_dict(),
             "dataset": str(Path(self.request.dataset).resolve()),
             "init_from": self.request.init_from,
+            "init_from_path": self.init_from,
             "world_size": self.world_size,
         }
         atomic_write_bytes(self.output / "run_config.json", (json.dumps(resolved, indent=2) + "\n").encode())
+
+
+def code_version() -> dict[str, str]:
+    """The package version and, in a git checkout, the commit (with "-dirty" for local changes)."""
+    from importlib import metadata
+
+    version: dict[str, str] = {}
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        version["bertpipe"] = metadata.version("bertpipe")
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0:
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            version["git_commit"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
 
 
 def _number(value: Any) -> float | None:

@@ -55,12 +55,12 @@ def tracking_uri(output_dir: str | Path, explicit: str | None = None) -> str:
     return f"sqlite:///{Path(output_dir).resolve() / EMBEDDED_DB}"
 
 
-def embedded_artifact_location(output_dir: str | Path, uri: str) -> str | None:
-    """<output_dir>/mlartifacts when `uri` is the embedded store of `output_dir`; None elsewhere, where the
-    server decides (a direct sqlite client would otherwise put artifacts under ./mlruns of the cwd)."""
-    if uri == f"sqlite:///{Path(output_dir).resolve() / EMBEDDED_DB}":
-        return (Path(output_dir).resolve() / EMBEDDED_ARTIFACTS).as_uri()
-    return None
+def default_artifact_location(uri: str) -> str | None:
+    """For a sqlite store, `mlartifacts` beside the database file; None for a server, which decides. (A
+    client on a sqlite store would otherwise put artifacts under ./mlruns of whatever the cwd is.)"""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / EMBEDDED_ARTIFACTS).as_uri()
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -207,10 +207,9 @@ class RunTracker:
 
     @classmethod
     def for_output(cls, output_dir: str | Path, explicit_uri: str | None = None, **options: Any) -> RunTracker:
-        """A tracker on `tracking_uri(output_dir, explicit_uri)`, with the embedded store's artifacts kept
-        under the output directory."""
+        """A tracker on `tracking_uri(output_dir, explicit_uri)`; a sqlite store keeps its artifacts beside it."""
         uri = tracking_uri(output_dir, explicit_uri)
-        return cls(uri, artifact_location=embedded_artifact_location(output_dir, uri), **options)
+        return cls(uri, artifact_location=default_artifact_location(uri), **options)
 
     # -- the trainer's side: all of it only touches memory ---------------------------------------------
 

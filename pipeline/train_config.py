@@ -45,6 +45,11 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # abort after this many consecutive non-finite losses (bf16/fp32)
     record_batch_fingerprints: bool = False  # per-rank file of a hash of every step's batches
     deepspeed_config: str = DEEPSPEED_JSON  # relative to the directory of train.json
+    phase: str = ""  # a label for the run's MLflow tags and registered versions (e.g. "1", "2")
+    experiment: str = "bert-pretraining"  # MLflow experiment
+    register: bool = True  # register the final checkpoint in the MLflow model registry
+    register_on_best_eval: bool = False  # also register (and checkpoint) at each evaluation that improves
+    registered_model_name: str = ""  # default: bert-<preset>
 
     def __post_init__(self) -> None:
         for name in ("train_steps", "checkpoint_every", "keep_checkpoints", "log_every", "max_nonfinite_steps"):

@@ -59,7 +59,12 @@ def test_two_ranks_zero2_loss_falls_and_checkpoints_appear(reference_run):
     assert kept == ["step00000020", "step00000025", "step00000030"]  # keep_checkpoints = 3
     for rank in (0, 1):
         assert (checkpoints / "step00000030" / f"trainer_state_rank{rank}.pt").is_file()
-    assert status(reference_run) == {"state": "finished", "step": 30, "checkpoint": "step00000030", "message": ""}
+    assert status(reference_run) == {
+        "state": "finished",
+        "step": 30,
+        "checkpoint": "step00000030",
+        "message": "registered models:/bert-tiny/1 (champion)",
+    }
     config = json.loads((reference_run / "run_config.json").read_text())
     assert config["world_size"] == 2 and config["deepspeed"]["zero_optimization"]["stage"] == 2
 
