@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,12 +115,26 @@ def _download(source: str, target: Path, tracking_uri: str) -> None:
         local = Path(
             mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=staging, tracking_uri=tracking_uri)
         )
-        hf_dir = local / "artifacts" / HF_ARTIFACT
+        hf_dir = local / _artifact_path(local)
         if not (hf_dir / "config.json").is_file():
-            raise ModelSourceError(f"{source} holds no exported model under artifacts/{HF_ARTIFACT}")
+            raise ModelSourceError(f"{source} holds no exported model at {hf_dir.relative_to(local)}")
         expected = json.loads((local / DIGESTS_FILE).read_text()) if (local / DIGESTS_FILE).is_file() else None
         if expected is not None and directory_digests(hf_dir) != expected:
             raise ModelSourceError(f"{source}: the downloaded files differ from the digests logged with them")
-        if target.exists():  # a partial or concurrent download: replace it
-            shutil.rmtree(target, ignore_errors=True)
-        hf_dir.rename(target)
+        try:
+            hf_dir.rename(target)  # atomic: the cache holds a whole version or none
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            # another process (a rank on this node) put it there first: use theirs
+
+
+def _artifact_path(mlflow_model: Path) -> str:
+    """Where the MLflow model keeps the Hugging Face directory (MLmodel records it; it is artifacts/<dir name>)."""
+    import yaml
+
+    try:
+        description = yaml.safe_load((mlflow_model / "MLmodel").read_text())
+        return description["flavors"]["python_function"]["artifacts"][HF_ARTIFACT]["path"]
+    except (OSError, KeyError, TypeError) as error:
+        raise ModelSourceError(f"{mlflow_model} is not a model registered by bertpipe ({error!r})") from error

@@ -324,8 +324,12 @@ class RunTracker:
         client: MlflowClient | None = None
         opened = False
         backoff = min(1.0, self.retry_max_s)
+        final_sample = sampler is not None
         while True:
             finishing = self._finishing.is_set()
+            if finishing and final_sample:  # one sample at the end, so that a short run has one too
+                self.log_metrics(self._last_step, sampler.sample())
+                final_sample = False
             wait = self.flush_interval_s
             try:
                 if client is None:

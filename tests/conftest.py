@@ -53,3 +53,19 @@ def pretraining_dataset(tmp_path_factory) -> Path:
     runner = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
     preprocess.run([str(PYDOCS_CORPUS)], str(tokenizer_dir), str(root / "dataset"), params, runner)
     return root / "dataset"
+
+
+@pytest.fixture
+def servers():
+    """start(store_dir, port) -> a real `mlflow server` on 127.0.0.1; all are killed after the test."""
+    from tests.mlflow_servers import Server
+
+    started: list[Server] = []
+
+    def start(store: Path, port: int) -> Server:
+        started.append(Server(store, port))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.kill()

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 import torch
+from mlflow import MlflowClient
 from pretrain_runs import (
     PRETRAIN_SH,
     ROOT,
@@ -81,6 +82,8 @@ def test_sigkill_of_one_rank_then_resume_sees_the_same_batches(reference_run, pr
     assert killed_at < STEPS
     resumed_from = latest_tag(output / "checkpoints")
     assert resumed_from in ("step00000015", "step00000020")
+    mlflow = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("bert-pretraining").experiment_id])
 
     code, log = run_launcher(pretraining_dataset, output, *RUN, "--resume", "auto")
     assert code == 0, log[-3000:]
@@ -90,6 +93,11 @@ def test_sigkill_of_one_rank_then_resume_sees_the_same_batches(reference_run, pr
     # One history in the metrics file: every step once, the repeated ones replaced.
     assert [r["step"] for r in training_steps(output)] == list(range(1, STEPS + 1))
     assert status(output)["state"] == "finished"
+    # The same MLflow run goes on: its id was in the checkpoint; the steps after it were logged again.
+    (resumed,) = mlflow.search_runs([run.info.experiment_id])
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.data.tags["resumed_at_step"] == str(int(resumed_from.removeprefix("step")))
+    assert sorted({m.step for m in mlflow.get_metric_history(run.info.run_id, "loss")}) == list(range(1, STEPS + 1))
 
 
 def test_sigterm_writes_a_checkpoint_and_the_launcher_exits_zero(pretraining_dataset, tmp_path):
