@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     # Parquet input.
     "pyarrow>=14,<26",
     "tqdm>=4.66,<5",
+    # CPU and memory samples for MLflow's system metrics; the tests watch process trees with it.
+    "psutil>=5.9,<8",
 ]
 
 TEST_REQUIRE = [

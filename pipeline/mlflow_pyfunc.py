@@ -7,12 +7,16 @@ likely token at each [MASK] out.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow.models
 import mlflow.pyfunc
 
 from pipeline.registry import HF_ARTIFACT
+
+# MLflow asks for type hints on predict to infer a signature; this one takes lists and DataFrames alike.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
 
 
 class BertFillMask(mlflow.pyfunc.PythonModel):

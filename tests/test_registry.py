@@ -1,0 +1,86 @@
+"""The registry hand-off and the model resolver on an embedded sqlite store: champion rules, every kind of
+model name, `bertpipe register`, and the logged MLflow model served by `mlflow.pyfunc`."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.model_source import ModelSourceError, resolve_model
+from pipeline.registry import beats, directory_digests, register_export
+from tests.pretrain_runs import ROOT, cpu_env, run_single
+
+
+def test_champion_rule():
+    assert beats(5.0, None) and beats(4.0, 5.0)
+    assert not beats(5.0, 5.0) and not beats(6.0, 5.0)
+    assert not beats(None, 5.0) and not beats(None, None) and not beats(math.nan, None)
+
+
+@pytest.fixture(scope="module")
+def finished_run(pretraining_dataset, tmp_path_factory):
+    """One process, 6 steps, checkpoints at 3 and 6, evaluation at both, not registered by the trainer."""
+    output = tmp_path_factory.mktemp("registry") / "run"
+    settings = ["train_steps=6", "eval_every=3", "checkpoint_every=3", "register=false", "eval_samples=64"]
+    result = run_single(pretraining_dataset, output, *[arg for s in settings for arg in ("--set", s)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.mark.slow
+def test_register_moves_champion_only_on_a_better_evaluation(finished_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTPIPE_CACHE", str(tmp_path / "cache"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "register", "--checkpoint", str(finished_run), "--tag", "step00000003"],
+        cwd=ROOT,
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    uri = f"sqlite:///{finished_run.resolve() / 'mlflow.db'}"
+    assert f"registered models:/bert-tiny/1 (aliases: champion) at {uri}" in result.stdout
+    exported = finished_run / "exports" / "step00000003"
+
+    second = register_export(exported, uri, "bert-tiny", eval_metrics={"eval_mlm_loss": 1e9})
+    third = register_export(exported, uri, "bert-tiny", eval_metrics={"eval_mlm_loss": 0.5})
+    fourth = register_export(exported, uri, "bert-tiny")  # no evaluation: never champion
+    assert (second.champion, third.champion, fourth.champion) == (False, True, False)
+    assert third.aliases == ("champion",)
+
+    champion = resolve_model("models:/bert-tiny@champion", uri)
+    assert champion.kind == "registry" and champion.registry_version == "bert-tiny/3"
+    assert directory_digests(champion.path) == directory_digests(exported)  # every file intact
+    assert resolve_model("models:/bert-tiny/1", uri).registry_version == "bert-tiny/1"
+    assert resolve_model("models:/bert-tiny/latest", uri).registry_version == "bert-tiny/4"
+    assert resolve_model("models:/bert-tiny@latest", uri).registry_version == "bert-tiny/4"
+    assert resolve_model(str(exported)).kind == "huggingface"
+    checkpoint = resolve_model(str(finished_run))
+    assert checkpoint.kind == "deepspeed" and checkpoint.path.name == "step00000006"
+    assert checkpoint.config() == champion.config()
+
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    served = mlflow.pyfunc.load_model("models:/bert-tiny@champion")
+    predictions = served.predict(["a [MASK] is mutable and a [MASK] is not .", "no mask here"])
+    assert [len(p) for p in predictions] == [2, 0] and all(isinstance(t, str) for t in predictions[0])
+
+
+def test_resolver_errors_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ModelSourceError, match="MLFLOW_TRACKING_URI"):
+        resolve_model("models:/bert-tiny@champion")
+    with pytest.raises(ModelSourceError, match="models:/NAME@ALIAS"):
+        resolve_model("models:/bert-tiny/1/extra")
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        resolve_model(str(tmp_path / "absent"))
+    with pytest.raises(ModelSourceError, match="neither a Hugging Face style directory"):
+        resolve_model(str(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ModelSourceError, match="not found at"):
+        resolve_model("models:/nothing@champion", uri)
