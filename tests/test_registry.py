@@ -3,6 +3,7 @@ model name, `bertpipe register`, and the logged MLflow model served by `mlflow.p
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -84,3 +85,35 @@ def test_resolver_errors_say_what_to_do(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(ModelSourceError, match="not found at"):
         resolve_model("models:/nothing@champion", uri)
+
+
+@pytest.mark.slow
+def test_best_evaluations_are_registered_during_the_run(pretraining_dataset, tmp_path):
+    from mlflow import MlflowClient
+
+    output = tmp_path / "run"
+    settings = [
+        "train_steps=6",
+        "eval_every=2",
+        "checkpoint_every=100",
+        "register_on_best_eval=true",
+        "eval_samples=64",
+    ]
+    result = run_single(pretraining_dataset, output, *[arg for s in settings for arg in ("--set", s)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluations = [
+        r for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines()) if "eval_mlm_loss" in r
+    ]
+    best, improved = math.inf, []
+    for record in evaluations:
+        if record["eval_mlm_loss"] < best and record["step"] < 6:
+            improved.append(record["step"])
+        best = min(best, record["eval_mlm_loss"])
+    client = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
+    versions = sorted(client.search_model_versions("name = 'bert-tiny'"), key=lambda v: int(v.version))
+    # Each improving evaluation before the end, then the final checkpoint.
+    assert [int(v.tags["bertpipe.step"]) for v in versions] == [*improved, 6]
+    assert sorted(p.name for p in (output / "exports").iterdir()) == [f"step{s:08d}" for s in [*improved, 6]]
+    champion = client.get_model_version_by_alias("bert-tiny", "champion")
+    best_step = min(evaluations, key=lambda r: r["eval_mlm_loss"])["step"]
+    assert champion.tags["bertpipe.step"] == str(best_step)
