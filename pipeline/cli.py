@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 Handler = Callable[[argparse.Namespace, list[str]], int]
 
@@ -125,6 +126,50 @@ def _register(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace, _: list[str]) -> int:
+    from pipeline.finetune.task import TaskOptions
+    from pipeline.finetune.trainer import FinetuneRequest, finetune
+
+    options = TaskOptions(
+        max_seq_length=args.max_seq_length,
+        text_column=args.text_column,
+        text_pair_column=args.text_pair_column,
+        label_column=args.label_column,
+        map_unseen_label=args.map_unseen_label,
+        doc_stride=args.doc_stride,
+        max_query_length=args.max_query_length,
+        n_best=args.n_best,
+        max_answer_length=args.max_answer_length,
+        null_threshold=args.null_threshold,
+        version_2=args.version_2,
+    )
+    request = FinetuneRequest(
+        task=args.task,
+        model=args.model,
+        train=args.train,
+        validation=args.validation,
+        output=args.output,
+        options=options,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        warmup_proportion=args.warmup_proportion,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        from_scratch=args.from_scratch,
+        tokenizer=args.tokenizer,
+        deepspeed_config=args.deepspeed_config,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        registered_name=args.name,
+        register=not args.no_register,
+        keep_checkpoint=args.keep_checkpoint,
+        overwrite=args.overwrite,
+        log_every=args.log_every,
+    )
+    return finetune(request)
+
+
 def _export(args: argparse.Namespace, _: list[str]) -> int:
     from pipeline.export import export_checkpoint
 
@@ -219,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     train.set_defaults(handler=_pretrain)
 
+    _add_finetune_parser(commands)
+
     export = commands.add_parser("export", help="DeepSpeed checkpoint -> Hugging Face model directory (fp32)")
     export.add_argument("--checkpoint", required=True, help="a run's output dir, its checkpoints/ dir or a step dir")
     export.add_argument("--tag", help="checkpoint tag (stepNNNNNNNN); default: the one `latest` names")
@@ -240,6 +287,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     register.set_defaults(handler=_register)
     return parser
+
+
+def _add_finetune_parser(commands: Any) -> None:
+    tune = commands.add_parser(
+        "finetune",
+        help="fine-tune a model on classification, NER or extractive QA (DeepSpeed, one process per rank)",
+        description="Run under the deepspeed launcher (launch/finetune.sh) for several GPUs or nodes; started "
+        "directly it is a single-process run. Writes <output>/model (Hugging Face format), the best epoch's "
+        "validation predictions and metrics.jsonl, and registers the model as <base>-<task>.",
+    )
+    tune.add_argument("task", choices=["classify", "ner", "qa"])
+    tune.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a model dir or a checkpoint"
+    )
+    tune.add_argument("--train", required=True, help="classify: .csv/.tsv/.jsonl; ner: CoNLL; qa: SQuAD JSON")
+    tune.add_argument("--validation", required=True, help="same format as --train; scored after every epoch")
+    tune.add_argument("--output", required=True, help="run directory")
+    tune.add_argument("--epochs", type=int, default=3)
+    tune.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5)")
+    tune.add_argument("--batch-size", type=int, help="global batch size (default 32)")
+    tune.add_argument("--warmup-proportion", type=float, default=0.1, help="share of the steps spent warming up")
+    tune.add_argument("--weight-decay", type=float, default=0.01)
+    tune.add_argument("--max-seq-length", type=int, default=128, help="longer inputs are truncated (QA: windowed)")
+    tune.add_argument("--seed", type=int, default=42)
+    tune.add_argument("--from-scratch", action="store_true", help="random weights in the model's architecture")
+    tune.add_argument("--tokenizer", help="tokenizer directory; default: the model's")
+    tune.add_argument("--deepspeed-config", help="DeepSpeed JSON to use instead of the built-in one")
+    tune.add_argument("--tracking-uri", help="MLflow URI or 'off'; default MLFLOW_TRACKING_URI, else the output's")
+    tune.add_argument("--experiment", default="bert-finetuning", help="MLflow experiment")
+    tune.add_argument("--name", help="registered model name; default <base>-<task>")
+    tune.add_argument("--no-register", action="store_true", help="export only; do not register")
+    tune.add_argument("--keep-checkpoint", action="store_true", help="keep the best epoch's DeepSpeed checkpoint")
+    tune.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
+    tune.add_argument("--log-every", type=int, default=10, help="steps between training-loss records")
+    data = tune.add_argument_group("classification")
+    data.add_argument("--text-column", default="text")
+    data.add_argument("--text-pair-column", help="second text of sentence pairs (segment B)")
+    data.add_argument("--label-column", default="label")
+    data.add_argument(
+        "--map-unseen-label", metavar="LABEL", help="classify/ner: count validation labels training lacks as LABEL"
+    )
+    qa = tune.add_argument_group("question answering")
+    qa.add_argument("--doc-stride", type=int, default=128, help="tokens between the starts of context windows")
+    qa.add_argument("--max-query-length", type=int, default=64, help="longer questions are truncated")
+    qa.add_argument("--n-best", type=int, default=20, help="start and end candidates per window")
+    qa.add_argument("--max-answer-length", type=int, default=30, help="in tokens")
+    qa.add_argument("--null-threshold", type=float, default=0.0, help="SQuAD 2.0: no-answer margin")
+    version = qa.add_mutually_exclusive_group()
+    version.add_argument("--version-2", dest="version_2", action="store_true", default=None, help="allow no answer")
+    version.add_argument("--version-1", dest="version_2", action="store_false", help="always answer")
+    tune.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    tune.set_defaults(handler=_finetune)
 
 
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -275,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_reported_failure(error: RuntimeError) -> bool:
     """Failures whose message says all there is to say (bad shards, a diverged run)."""
-    return type(error).__name__ in {"ShardError", "NonFiniteLossError"}
+    return type(error).__name__ in {"ShardError", "NonFiniteLossError", "CheckpointWriteError"}
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import signal
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from model.checkpoint import atomic_write_bytes
 from model.flops import peak_bf16_flops, pretraining_step_flops
 from pipeline import checkpointing, deepspeed_config
 from pipeline.dataset_check import check_against_model, load_manifest
+from pipeline.distributed import init_distributed, node_count
 from pipeline.evaluate import evaluate
 from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_batches, resume_state
 from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
@@ -75,27 +74,6 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(number).name
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def init_distributed() -> tuple[int, int, bool]:
-    """(rank, world size, on GPU). A run started without a launcher is a world of one."""
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    on_gpu = get_accelerator().device_name() == "cuda"
-    if on_gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    deepspeed.init_distributed(dist_backend=None if on_gpu else "gloo", auto_mpi_discovery=False)
-    return dist.get_rank(), dist.get_world_size(), on_gpu
 
 
 def resolve_model_config(train: TrainConfig, manifest: dict[str, Any], init_from: str | None) -> BertConfig:
@@ -158,9 +136,7 @@ class Trainer:
         self.ds_config, self.optimizer_spec, self.batch_sizes = deepspeed_config.prepare(
             self.config.deepspeed, self.world_size, self.on_gpu
         )
-        hosts: list[str | None] = [None] * self.world_size
-        dist.all_gather_object(hosts, socket.gethostname())
-        self.nodes = len(set(hosts))
+        self.nodes = node_count(self.world_size)
         self.tracker: RunTracker | None = None
         self.best_eval_loss = float("inf")
         self.final_state = "running"

@@ -66,11 +66,24 @@ def directory_digests(directory: Path) -> dict[str, str]:
     }
 
 
-def beats(candidate: float | None, champion: float | None) -> bool:
-    """Whether an evaluation loss takes the champion's place: a finite loss beats none and any higher one."""
+@dataclass(frozen=True)
+class ChampionRule:
+    """Which evaluation metric decides the champion, and which way."""
+
+    metric: str = CHAMPION_METRIC
+    higher_is_better: bool = False
+
+
+PRETRAINING_RULE = ChampionRule()
+
+
+def beats(candidate: float | None, champion: float | None, higher_is_better: bool = False) -> bool:
+    """Whether an evaluation takes the champion's place: a finite value beats none and any worse one."""
     if candidate is None or not math.isfinite(candidate):
         return False
-    return champion is None or candidate < champion
+    if champion is None:
+        return True
+    return candidate > champion if higher_is_better else candidate < champion
 
 
 def _number(value: Any) -> float | None:
@@ -104,9 +117,11 @@ def register_export(
     tags: dict[str, Any] | None = None,
     eval_metrics: dict[str, float] | None = None,
     experiment: str = "bertpipe-registry",
+    rule: ChampionRule = PRETRAINING_RULE,
 ) -> Registration:
     """Log `hf_dir` as an MLflow model in `run_id` (a new run in `experiment` when None), register it as a
-    new version of `name`, tag it, and move `champion` to it when its `eval_mlm_loss` beats the champion's."""
+    new version of `name`, tag it, and move `champion` to it when its evaluation (`rule`: by default a lower
+    `eval_mlm_loss`) beats the champion's."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -148,9 +163,9 @@ def register_export(
         version_tags[f"{TAG_PREFIX}{key}"] = repr(float(value))
     version = client.create_model_version(name, source, run_id=run_id, tags=version_tags)
 
-    candidate = _number((eval_metrics or {}).get(CHAMPION_METRIC))
-    current = _champion_loss(client, name)
-    champion = beats(candidate, current)
+    candidate = _number((eval_metrics or {}).get(rule.metric))
+    current = _champion_value(client, name, rule.metric)
+    champion = beats(candidate, current, rule.higher_is_better)
     if champion:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     aliases = tuple(client.get_model_version(name, version.version).aliases)
@@ -159,7 +174,7 @@ def register_export(
         name,
         version.version,
         hf_dir,
-        f"; {CHAMPION} ({CHAMPION_METRIC} {candidate:.4f})" if champion else "",
+        f"; {CHAMPION} ({rule.metric} {candidate:.4f})" if champion else "",
     )
     return Registration(name, version.version, run_id, champion, aliases)
 
@@ -175,14 +190,14 @@ def _run_exists(client: Any, run_id: str) -> bool:
         return False
 
 
-def _champion_loss(client: Any, name: str) -> float | None:
+def _champion_value(client: Any, name: str, metric: str) -> float | None:
     from mlflow.exceptions import MlflowException
 
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None  # no champion yet
-    return _number(version.tags.get(f"{TAG_PREFIX}{CHAMPION_METRIC}"))
+    return _number(version.tags.get(f"{TAG_PREFIX}{metric}"))
 
 
 def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
