@@ -92,7 +92,7 @@ def batch_of(model_dir: Path, texts: list[str] | list[tuple[str, str]]) -> dict[
     return collate_features(features, tokenizer.token_to_id("[PAD]"), 64)
 
 
-def test_classification_from_the_registry_learns_and_registers(registry, tmp_path):
+def test_classification_from_the_registry_learns_and_registers(registry, tmp_path, monkeypatch):
     from model import BertForSequenceClassification
     from pipeline.model_source import resolve_model
 
@@ -137,9 +137,19 @@ def test_classification_from_the_registry_learns_and_registers(registry, tmp_pat
         resolved.path, BertForSequenceClassification, "AutoModelForSequenceClassification", batch
     )
     torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    # Served by MLflow's pyfunc: label names, the argmax of the same logits.
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["uri"])
+    served = mlflow.pyfunc.load_model("models:/bert-tiny-classify@champion").predict(texts)
+    names = config["id2label"]
+    single = [batch_of(resolved.path, [text]) for text in texts]
+    with torch.no_grad():
+        ours = BertForSequenceClassification.from_pretrained(resolved.path).eval()
+        assert served == [names[str(int(ours(**b).logits[0].argmax()))] for b in single]
 
 
-def test_ner_on_two_ranks_with_zero2_writes_conll_predictions(registry, tmp_path):
+def test_ner_on_two_ranks_with_zero2_writes_conll_predictions(registry, tmp_path, monkeypatch):
     from model import BertForTokenClassification
     from pipeline.finetune.conll import read_conll
 
@@ -181,9 +191,15 @@ def test_ner_on_two_ranks_with_zero2_writes_conll_predictions(registry, tmp_path
         model_dir, BertForTokenClassification, "AutoModelForTokenClassification", batch_of(model_dir, texts)
     )
     torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["uri"])
+    tagged = mlflow.pyfunc.load_model("models:/bert-tiny-ner/1").predict(texts)
+    assert [[word for word, _ in sentence] for sentence in tagged] == [text.split() for text in texts]
+    assert {tag for sentence in tagged for _, tag in sentence} <= set(config_json["id2label"].values())
 
 
-def test_qa_v2_writes_squad_predictions_and_registers(registry, tmp_path):
+def test_qa_v2_writes_squad_predictions_and_registers(registry, tmp_path, monkeypatch):
     from model import BertForQuestionAnswering
 
     output = tmp_path / "qa"
@@ -209,6 +225,12 @@ def test_qa_v2_writes_squad_predictions_and_registers(registry, tmp_path):
     )
     torch.testing.assert_close(got.start_logits, expected.start_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.end_logits, expected.end_logits, rtol=1e-5, atol=1e-5)
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["uri"])
+    context = " ".join(contexts.values())  # long: answered over several windows
+    [answer] = mlflow.pyfunc.load_model("models:/docs-cloze/1").predict([{"question": "what?", "context": context}])
+    assert answer in context
 
 
 def test_bad_input_stops_with_a_clear_error(registry, tmp_path):

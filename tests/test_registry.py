@@ -19,6 +19,9 @@ def test_champion_rule():
     assert beats(5.0, None) and beats(4.0, 5.0)
     assert not beats(5.0, 5.0) and not beats(6.0, 5.0)
     assert not beats(None, 5.0) and not beats(None, None) and not beats(math.nan, None)
+    # Fine-tuned models: a higher accuracy or F1 wins.
+    assert beats(0.8, 0.7, higher_is_better=True) and not beats(0.7, 0.7, higher_is_better=True)
+    assert beats(0.1, None, higher_is_better=True) and not beats(0.6, 0.7, higher_is_better=True)
 
 
 @pytest.fixture(scope="module")
