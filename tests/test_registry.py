@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,27 @@ def test_best_evaluations_are_registered_during_the_run(pretraining_dataset, tmp
     champion = client.get_model_version_by_alias("bert-tiny", "champion")
     best_step = min(evaluations, key=lambda r: r["eval_mlm_loss"])["step"]
     assert champion.tags["bertpipe.step"] == str(best_step)
+
+
+@pytest.mark.slow
+def test_a_run_directory_is_a_model_to_fine_tune(pretraining_dataset, tmp_path):
+    """`--model` given a DeepSpeed checkpoint: exported first, the result named after the run's model."""
+    output = tmp_path / "run"
+    settings = ["--set", "train_steps=2", "--set", "warmup_steps=1", "--set", "eval_every=0"]
+    result = run_single(pretraining_dataset, output, *settings, "--tracking-uri", "off")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tasks = Path(__file__).parent / "data" / "pydocs" / "tasks"
+    tuned = tmp_path / "tuned"
+    command = [sys.executable, "-m", "pipeline.cli", "finetune", "classify", "--model", str(output)]
+    command += [
+        "--train",
+        str(tasks / "classify_validation.jsonl"),
+        "--validation",
+        str(tasks / "classify_validation.jsonl"),
+    ]
+    command += ["--output", str(tuned), "--epochs", "1", "--max-seq-length", "32"]
+    result = subprocess.run(command, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tuned / "base_model" / "export_info.json").read_text())["tag"] == "step00000002"
+    summary = json.loads((tuned / "finetune_summary.json").read_text())
+    assert summary["registered"].startswith("models:/bert-tiny-classify/1")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model import BertConfig
+from model import PRESETS, BertConfig
 from model.checkpoint import atomic_write_bytes, load_weights
 from pipeline import checkpointing, deepspeed_config
 from pipeline.distributed import init_distributed, node_count
@@ -106,9 +106,19 @@ def steps_per_epoch(features: int, world_size: int, micro_batch: int, accumulati
 
 
 def default_registered_name(model: ResolvedModel, task: str) -> str:
-    """`<base>-<task>`: the registered model's name, else the model directory's name."""
-    base = model.registry_version.split("/")[0] if model.registry_version else Path(model.spec.rstrip("/")).name
-    return f"{base}-{task}"
+    """`<base>-<task>`: the registered model's name; for a checkpoint, the name its run registers under;
+    else the model directory's name."""
+    if model.registry_version:
+        return f"{model.registry_version.split('/')[0]}-{task}"
+    if model.kind == "deepspeed":
+        from pipeline.registry import default_model_name
+        from pipeline.weights import model_states
+
+        train_config = model_states(model.path).get("train_config", {})
+        preset = train_config.get("model")
+        base = train_config.get("registered_model_name") or default_model_name(preset if preset in PRESETS else None)
+        return f"{base}-{task}"
+    return f"{Path(model.spec.rstrip('/')).name}-{task}"
 
 
 def check_output(output: Path, overwrite: bool) -> None:
