@@ -239,8 +239,10 @@ def test_bad_input_stops_with_a_clear_error(registry, tmp_path):
     command = [sys.executable, "-m", "pipeline.cli", "finetune", "classify", "--model", "models:/bert-tiny@champion"]
     command += ["--tracking-uri", registry["uri"], "--train", str(TASKS / "classify_train.jsonl")]
     command += ["--validation", str(validation), "--output", str(tmp_path / "out"), "--epochs", "1"]
+    command += ["--max-seq-length", "1000"]  # more than the model's 128 positions: cut to fit, with a warning
     env = cpu_env(BERTPIPE_CACHE=registry["cache"])
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "labels the training data never has: ['howto']" in result.stderr
     assert "--map-unseen-label" in result.stderr
+    assert "--max-seq-length 1000 exceeds the model's 128 positions; inputs are cut at 128" in result.stderr
