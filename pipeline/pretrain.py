@@ -6,12 +6,10 @@ train micro-batch by micro-batch -> at step boundaries: metrics, evaluation, che
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import signal
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_b
 from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
 from pipeline.model_source import resolve_model
 from pipeline.schedule import Schedule
-from pipeline.tracking import RunTracker
+from pipeline.tracking import RunTracker, code_version
 from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
 from pipeline.weights import load_initial_weights, model_config_of
 
@@ -520,31 +518,6 @@ class Trainer:
             "world_size": self.world_size,
         }
         atomic_write_bytes(self.output / "run_config.json", (json.dumps(resolved, indent=2) + "\n").encode())
-
-
-def code_version() -> dict[str, str]:
-    """The package version and, in a git checkout, the commit (with "-dirty" for local changes)."""
-    from importlib import metadata
-
-    version: dict[str, str] = {}
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        version["bertpipe"] = metadata.version("bertpipe")
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        if commit.returncode == 0:
-            dirty = subprocess.run(
-                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            )
-            version["git_commit"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return version
 
 
 def _number(value: Any) -> float | None:

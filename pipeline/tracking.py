@@ -15,9 +15,11 @@ metrics.jsonl stays the complete record; MLflow is the view of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import subprocess
 import threading
 import time
 from collections import deque
@@ -524,3 +526,28 @@ class RunTracker:
 def _short(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     return text if len(text) <= 200 else text[:200] + "..."
+
+
+def code_version() -> dict[str, str]:
+    """The package version and, in a git checkout, the commit (with "-dirty" for local changes)."""
+    from importlib import metadata
+
+    version: dict[str, str] = {}
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        version["bertpipe"] = metadata.version("bertpipe")
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0:
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            version["git_commit"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from model.heads import IGNORE_INDEX
 from pipeline.collate import padded_length
 
-Feature = dict[str, Any]  # input_ids, token_type_ids (lists) and the task's targets
+ModelInputs = dict[str, Any]  # input_ids, token_type_ids (lists) and the task's targets: one row of a batch
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ class TaskOptions:
 
 @dataclass
 class TaskData:
-    train: list[Feature]
-    validation: list[Feature]
+    train: list[ModelInputs]
+    validation: list[ModelInputs]
     id2label: dict[int, str] | None = None  # None for heads without label names (QA)
     counts: dict[str, int] = field(default_factory=dict)  # skipped, truncated, ... for the logs and MLflow
 
@@ -77,7 +77,7 @@ class Task(ABC):
     def write_predictions(self, predictions: Any, path: Path) -> None: ...
 
 
-def collate_features(features: Sequence[Feature], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
+def collate_features(features: Sequence[ModelInputs], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
     """Pad to the longest feature (rounded up to a multiple of 8, at most `max_length`): token ids with
     `pad_id`, segment ids with 0, per-token labels with IGNORE_INDEX; scalar targets stacked."""
     if not features:

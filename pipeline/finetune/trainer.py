@@ -33,7 +33,7 @@ from pipeline.finetune.task import Task, TaskData, TaskOptions, collate_features
 from pipeline.metrics import JsonLines
 from pipeline.model_source import ResolvedModel, resolve_model
 from pipeline.schedule import Schedule
-from pipeline.tracking import RunTracker
+from pipeline.tracking import RunTracker, code_version
 from pipeline.train_config import TrainConfigError
 from pipeline.weights import consolidated_state_dict
 from preprocessing.tokenizer import TOKENIZER_CONFIG, load_tokenizer, tokenizer_files
@@ -435,7 +435,6 @@ class FineTuner:
             log.info("MLflow run %s at %s", run_id, self.tracker.uri)
 
     def _params(self) -> dict[str, Any]:
-        from pipeline.pretrain import code_version
         from pipeline.registry import file_sha256
 
         request = self.request
