@@ -28,7 +28,7 @@ from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_b
 from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
 from pipeline.model_source import resolve_model
 from pipeline.schedule import Schedule
-from pipeline.tracking import RunTracker, code_version
+from pipeline.tracking import RunTracker, code_version, open_run
 from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
 from pipeline.weights import load_initial_weights, model_config_of
 
@@ -431,7 +431,6 @@ class Trainer:
     def _start_tracking(self, step: int) -> None:
         if self.request.tracking_uri == TRACKING_OFF:
             return
-        self.tracker = RunTracker.for_output(self.output, self.request.tracking_uri)
         tags = {
             "phase": self.train.phase,
             "world_size": self.world_size,
@@ -442,10 +441,8 @@ class Trainer:
         }
         if self.resume_tag is not None:
             tags["resumed_at_step"] = step
-        run_id = self.tracker.start(self.train.experiment, self.run_id, self.output.name, tags, wait_s=5.0)
-        self.tracker.log_params(self._params())
-        if run_id is not None:
-            log.info("MLflow run %s at %s", run_id, self.tracker.uri)
+        uri, experiment = self.request.tracking_uri, self.train.experiment
+        self.tracker = open_run(self.output, uri, experiment, self.run_id, tags, self._params())
 
     def _params(self) -> dict[str, Any]:
         manifest = self.manifest

@@ -528,6 +528,24 @@ def _short(error: BaseException) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+def open_run(
+    output_dir: str | Path,
+    explicit_uri: str | None,
+    experiment: str,
+    run_id: str | None,
+    tags: Mapping[str, Any],
+    params: Mapping[str, Any],
+) -> RunTracker:
+    """A training loop's tracker: the run (named after the output directory; `run_id` continues one) started
+    with its tags and params. Waits at most 5 s for the store; an unreachable one is retried in the background."""
+    tracker = RunTracker.for_output(output_dir, explicit_uri)
+    started = tracker.start(experiment, run_id, Path(output_dir).name, tags, wait_s=5.0)
+    tracker.log_params(params)
+    if started is not None:
+        log.info("MLflow run %s at %s", started, tracker.uri)
+    return tracker
+
+
 def code_version() -> dict[str, str]:
     """The package version and, in a git checkout, the commit (with "-dirty" for local changes)."""
     from importlib import metadata

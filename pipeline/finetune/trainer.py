@@ -33,7 +33,7 @@ from pipeline.finetune.task import Task, TaskData, TaskOptions, collate_features
 from pipeline.metrics import JsonLines
 from pipeline.model_source import ResolvedModel, resolve_model
 from pipeline.schedule import Schedule
-from pipeline.tracking import RunTracker, code_version
+from pipeline.tracking import RunTracker, code_version, open_run
 from pipeline.train_config import TrainConfigError
 from pipeline.weights import consolidated_state_dict
 from preprocessing.tokenizer import TOKENIZER_CONFIG, load_tokenizer, tokenizer_files
@@ -420,7 +420,6 @@ class FineTuner:
     def _start_tracking(self) -> None:
         if self.request.tracking_uri == TRACKING_OFF:
             return
-        self.tracker = RunTracker.for_output(self.output, self.request.tracking_uri)
         tags = {
             "task": self.task.name,
             "base_model": self.request.model,
@@ -429,10 +428,8 @@ class FineTuner:
             "world_size": self.world_size,
             "nodes": self.nodes,
         }
-        run_id = self.tracker.start(self.request.experiment, None, self.output.name, tags, wait_s=5.0)
-        self.tracker.log_params(self._params())
-        if run_id is not None:
-            log.info("MLflow run %s at %s", run_id, self.tracker.uri)
+        uri, experiment = self.request.tracking_uri, self.request.experiment
+        self.tracker = open_run(self.output, uri, experiment, None, tags, self._params())
 
     def _params(self) -> dict[str, Any]:
         from pipeline.registry import file_sha256
