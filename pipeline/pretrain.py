@@ -256,6 +256,7 @@ class Trainer:
         device = engine.device
         throughput = Throughput()
         sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss, mlm, nsp, mlm ok/n, nsp ok/n
+        summed_batches = 0  # micro-batches in `sums`: every step since the last metrics record
         step_batches: list[dict[str, torch.Tensor]] = []
         consecutive_nonfinite = skipped_batches = 0
         last_saved = step if self.resume_tag is not None else None
@@ -297,6 +298,7 @@ class Trainer:
                         out.nsp_count.double(),
                     ]
                 )
+                summed_batches += 1
                 step_batches.append(batch)
                 real_tokens = int(batch["attention_mask"].sum())
                 throughput.add(batch["input_ids"].shape[0], real_tokens, batch["input_ids"].numel())
@@ -310,14 +312,14 @@ class Trainer:
             if fingerprints is not None:
                 fingerprints.write({"step": step, "batches": batch_fingerprint(step_batches)})
             if step % train.log_every == 0 or step == train.train_steps:
-                record = self._step_record(step, lr, sums, len(step_batches), throughput, skipped_batches)
+                record = self._step_record(step, lr, sums, summed_batches, throughput, skipped_batches)
                 if metrics is not None:
                     metrics.write(record)
                     bar.set_postfix(postfix(record), refresh=False)
                 if self.tracker is not None:
                     self.tracker.log_metrics(step, record)
                 sums.zero_()
-                skipped_batches = 0
+                summed_batches = skipped_batches = 0
             step_batches = []
             if train.eval_every and step % train.eval_every == 0 and step < train.train_steps:
                 improved = self._evaluate(step, metrics)

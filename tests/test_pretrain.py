@@ -176,3 +176,20 @@ def test_init_from_a_run_starts_phase_two_with_its_weights_and_a_fresh_optimizer
     fresh_loss = training_steps(reference_run)[0]["loss"]
     trained_loss = training_steps(reference_run)[-1]["loss"]
     assert steps[0]["loss"] < fresh_loss - 0.5 and abs(steps[0]["loss"] - trained_loss) < 0.5
+
+
+def test_a_record_over_several_steps_holds_their_mean_loss_and_pooled_accuracy(pretraining_dataset, tmp_path):
+    """With log_every 4 the records at steps 4 and 8 average the losses of the four steps each covers."""
+    every_step, every_fourth = tmp_path / "every-step", tmp_path / "every-fourth"
+    for output, log_every in ((every_step, 1), (every_fourth, 4)):
+        result = run_single(pretraining_dataset, output, "--set", "train_steps=8", "--set", f"log_every={log_every}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    single = training_steps(every_step)
+    pooled = training_steps(every_fourth)
+    assert [r["step"] for r in pooled] == [4, 8]
+    for record, covered in zip(pooled, (single[:4], single[4:]), strict=True):
+        for name in ("loss", "mlm_loss", "nsp_loss"):
+            assert record[name] == pytest.approx(sum(r[name] for r in covered) / 4, rel=1e-5), name
+        assert (
+            min(r["mlm_accuracy"] for r in covered) <= record["mlm_accuracy"] <= max(r["mlm_accuracy"] for r in covered)
+        )
