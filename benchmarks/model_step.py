@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.machine import cpu_description
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
 from model.flops import peak_bf16_flops, pretraining_step_flops
 
@@ -185,13 +185,7 @@ def peak_flops(device: torch.device) -> float | None:
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores"
+    return cpu_description()
 
 
 def main() -> None:

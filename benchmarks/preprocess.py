@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +25,10 @@ import time
 from pathlib import Path
 
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "data" / "pydocs" / "corpus.txt"
@@ -141,7 +143,7 @@ def main() -> None:
     one, two, scaled, scaled_one = runs
     result = {
         "benchmark": "preprocess",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": cpu_description(),
         "dupe_factor": args.dupe_factor,
         "max_seq_length": 128,
         "runs": runs,

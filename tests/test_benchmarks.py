@@ -94,3 +94,42 @@ def test_loader_benchmark_writes_json(tmp_path):
     rates = {name: run["samples_per_s"] for name, run in result["results"].items()}
     assert result["ratio_ours_to_reference"] == pytest.approx(rates["ours"] / rates["webdataset"])
     assert result["ratio_ours_remask_to_reference"] == pytest.approx(rates["ours_remask"] / rates["webdataset"])
+
+
+def _report():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import report
+
+    return report
+
+
+def test_results_md_tables_are_the_ones_the_shipped_json_gives():
+    """RESULTS.md as committed is what `benchmarks/report.py` makes of benchmarks/results/."""
+    report = _report()
+    markdown = (ROOT / "benchmarks/RESULTS.md").read_text()
+    assert report.render(markdown, ROOT / "benchmarks/results") == markdown
+
+
+def test_report_fills_each_block_from_its_json_and_keeps_the_prose(tmp_path):
+    report = _report()
+    results = tmp_path / "results"
+    results.mkdir()
+    step = json.loads((ROOT / "benchmarks/results/model_step_cpu_mini.json").read_text())
+    step["results"]["ours"]["step_s_median"] = 0.5
+    step["results"]["ours"]["sequences_per_s"] = 64.0
+    step["speedup_vs_transformers"] = 1.5  # under the 2x goal
+    (results / "model_step_cpu_mini.json").write_text(json.dumps(step))
+    blocks = "".join(f"prose {name}\n<!-- begin {name} -->\nstale\n<!-- end {name} -->\n" for name in report.BLOCKS)
+    rendered = report.render(blocks, results)
+    assert "stale" not in rendered and all(f"prose {name}\n" in rendered for name in report.BLOCKS)
+    assert "| ours | 500.0 | 64.0 | 1.50x |" in rendered
+    assert "Goal: >= 2x Hugging Face: **missed** (1.50x)." in rendered
+    # No JSON for the others: the block says how to produce it.
+    assert "Not measured yet: `python benchmarks/run_all.py --only loader`." in rendered
+    assert "Not measured yet: `make bench on a machine with a GPU`." in rendered
+
+
+def test_report_refuses_a_results_md_without_its_markers():
+    report = _report()
+    with pytest.raises(ValueError, match="lacks the markers <!-- begin model_step_cpu -->"):
+        report.render("no markers here\n", ROOT / "benchmarks/results")

@@ -325,12 +325,24 @@ def main(argv: list[str] | None = None) -> int:
         help="a subdirectory of SOURCES to read, in the order given (repeatable; default: all files)",
     )
     parser.add_argument("--max-bytes", type=int, help="stop before the output would exceed this many bytes")
+    parser.add_argument(
+        "--exclude-list",
+        type=Path,
+        help="a file naming source files to leave out, one path relative to SOURCES per line (for example the "
+        "files a downstream task validates on)",
+    )
     parser.add_argument("--out", type=Path, help="output file (default: standard output)")
     args = parser.parse_args(argv)
 
     if not args.sources.is_dir():
         parser.error(f"not a directory: {args.sources}")
     files = source_files(args.sources, args.include or ["."])
+    if args.exclude_list:
+        excluded = {line.strip() for line in args.exclude_list.read_text(encoding="utf-8").splitlines() if line.strip()}
+        missing = sorted(excluded - {path.relative_to(args.sources).as_posix() for path in files})
+        if missing:
+            parser.error(f"{args.exclude_list} names files that are not among the inputs: {missing[:5]}")
+        files = [path for path in files if path.relative_to(args.sources).as_posix() not in excluded]
     if not files:
         parser.error(f"no .rst.txt files found under {args.sources}")
     titles = section_titles(sorted(args.sources.rglob("*.rst.txt")))

@@ -127,11 +127,13 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 
 
 def classification(files: dict[str, list[Path]], titles, root, per_label: int, rng: random.Random):
-    train, validation = [], []
+    """Training and validation rows, and the source files the validation rows come from."""
+    train, validation, validation_files = [], [], []
     for label, paths in files.items():
         paths = sorted(paths)
         rng.shuffle(paths)
         cut = max(1, len(paths) // 4)
+        validation_files += paths[:cut]
         for split, chosen, count in ((validation, paths[:cut], per_label // 3), (train, paths[cut:], per_label)):
             texts = []
             for path in chosen:
@@ -141,7 +143,7 @@ def classification(files: dict[str, list[Path]], titles, root, per_label: int, r
             split += [{"text": text[:600], "label": label} for text in texts[:count]]
     rng.shuffle(train)
     rng.shuffle(validation)
-    return train, validation
+    return train, validation, sorted(path.relative_to(root).as_posix() for path in validation_files)
 
 
 def ner_sentences(paragraphs: list[Paragraph]) -> list[list[tuple[str, str]]]:
@@ -202,11 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     titles = section_titles(source_files(root, ["tutorial", "library", "c-api", "reference"]))
     args.out.mkdir(parents=True, exist_ok=True)
 
-    train, validation = classification(
+    train, validation, validation_files = classification(
         {"tutorial": source_files(root, ["tutorial"]), "c-api": source_files(root, ["c-api"])}, titles, root, 240, rng
     )
     for name, rows in (("classify_train.jsonl", train), ("classify_validation.jsonl", validation)):
         (args.out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    # For a pretraining corpus that leaves out every file the classifier is validated on.
+    (args.out / "classify_validation_sources.txt").write_text("".join(f"{name}\n" for name in validation_files))
 
     # NER and QA: library files in sorted order; every fifth file is validation.
     train_paragraphs: list[Paragraph] = []

@@ -1,0 +1,252 @@
+"""Rewrites the generated blocks of benchmarks/RESULTS.md from the JSON under benchmarks/results/.
+
+RESULTS.md mixes prose (how each benchmark works, why a goal is missed) with tables that come from the
+JSON alone. A generated block sits between `<!-- begin NAME -->` and `<!-- end NAME -->`; everything
+outside the markers is left as it is. A block whose JSON is missing says how to produce it.
+
+    python benchmarks/report.py [--results benchmarks/results] [--markdown benchmarks/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Goals from the issues that asked for each benchmark.
+CPU_STEP_SPEEDUP_GOAL = 2.0
+GPU_MFU_GOAL = 0.60
+GPU_SPEEDUP_GOAL = 1.5
+PREPROCESS_TOKENS_PER_CORE_GOAL = 400_000
+PREPROCESS_SPEEDUP_GOAL = 1.7
+PREPROCESS_MEMORY_GROWTH_GOAL = 0.20
+LOADER_SAMPLES_GOAL = 10_000
+
+
+def verdict(met: bool, figure: str, shortfall: str = "") -> str:
+    return f"met ({figure})" if met else f"**missed** ({figure}{'; ' + shortfall if shortfall else ''})"
+
+
+def table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
+    """A Markdown table; `align` holds one character per column, `l` or `r`."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
+
+
+def model_step_cpu(results: Path) -> list[str]:
+    run = json.loads((results / "model_step_cpu_mini.json").read_text())
+    ours, theirs = run["results"]["ours"], run["results"]["transformers"]
+    speedup = run["speedup_vs_transformers"]
+    return [
+        f"Machine: {run['machine']}, torch {run['torch']}, {run['threads']} threads. `{run['preset']}`, batch "
+        f"{run['batch']}, seq {run['seq_len']}, {run['masked_per_sequence']} masked per sequence, {run['dtype']}; "
+        f"median of {run['steps']} timed steps. `benchmarks/results/model_step_cpu_mini.json`.",
+        "",
+        *table(
+            ["implementation", "ms / step", "sequences / s", "ratio"],
+            [
+                ["ours", f"{ours['step_s_median'] * 1e3:.1f}", f"{ours['sequences_per_s']:.1f}", f"{speedup:.2f}x"],
+                ["transformers", f"{theirs['step_s_median'] * 1e3:.1f}", f"{theirs['sequences_per_s']:.1f}", "1.00x"],
+            ],
+            "lrrr",
+        ),
+        "",
+        f"Goal: >= {CPU_STEP_SPEEDUP_GOAL:g}x Hugging Face: "
+        + verdict(speedup >= CPU_STEP_SPEEDUP_GOAL, f"{speedup:.2f}x")
+        + ".",
+    ]
+
+
+def gpu_runs(results: Path) -> list[dict[str, Any]]:
+    runs = []
+    for path in sorted(results.glob("model_step_*.json")):
+        run = json.loads(path.read_text())
+        if run.get("preset") == "large" and run.get("threads") is None:  # a GPU run
+            runs.append({**run, "file": path.name})
+    return sorted(runs, key=lambda r: (r["machine"], r["seq_len"], r["batch"], r["compile"]))
+
+
+GPU_HEADER = ["seq", "batch", "compiled", "ours ms / step", "ours seq / s", "ours MFU", "HF seq / s", "HF MFU", "ratio"]
+
+
+def model_step_gpu(results: Path) -> list[str]:
+    runs = gpu_runs(results)
+    if not runs:
+        raise FileNotFoundError("no GPU model_step results")
+    lines: list[str] = []
+    for machine in dict.fromkeys(r["machine"] for r in runs):
+        mine = [r for r in runs if r["machine"] == machine]
+        rows = []
+        for r in mine:
+            ours, theirs = r["results"]["ours"], r["results"]["transformers"]
+            rows.append(
+                [
+                    str(r["seq_len"]),
+                    str(r["batch"]),
+                    "yes" if r["compile"] else "no",
+                    f"{ours['step_s_median'] * 1e3:.1f}",
+                    f"{ours['sequences_per_s']:,.0f}",
+                    f"{ours['mfu']:.1%}",
+                    f"{theirs['sequences_per_s']:,.0f}",
+                    f"{theirs['mfu']:.1%}",
+                    f"{r['speedup_vs_transformers']:.2f}x",
+                ]
+            )
+        lines += [
+            f"Machine: {machine}, torch {mine[0]['torch']}, {mine[0]['dtype']}. Files: "
+            + ", ".join(f"`{r['file']}`" for r in mine)
+            + ".",
+            "",
+            *table(GPU_HEADER, rows, "rrlrrrrrr"),
+            "",
+        ]
+        best_mfu = max(r["results"]["ours"]["mfu"] for r in mine)
+        best_ratio_128 = max((r["speedup_vs_transformers"] for r in mine if r["seq_len"] == 128), default=0.0)
+        lines += [
+            f"Goals on {machine}: >= {GPU_MFU_GOAL:.0%} MFU: "
+            + verdict(
+                best_mfu >= GPU_MFU_GOAL, f"best {best_mfu:.1%}", f"{(GPU_MFU_GOAL - best_mfu) * 100:.1f} points short"
+            )
+            + f"; >= {GPU_SPEEDUP_GOAL:g}x Hugging Face at seq 128: "
+            + verdict(best_ratio_128 >= GPU_SPEEDUP_GOAL, f"best {best_ratio_128:.2f}x")
+            + ".",
+            "",
+        ]
+    return lines[:-1]
+
+
+def preprocess(results: Path) -> list[str]:
+    run = json.loads((results / "preprocess.json").read_text())
+    one, two, scaled, scaled_one = run["runs"]
+    scale = run["scale"]
+
+    def row(label: str, r: dict[str, Any]) -> list[str]:
+        walls = r.get("wall_s_all", [r["wall_s"]])
+        wall = f"{r['wall_s']:.1f}" + (f" (of {', '.join(f'{w:.1f}' for w in walls)})" if len(walls) > 1 else "")
+        return [
+            label,
+            f"{r['corpus_bytes'] / 2**20:,.0f} MiB",
+            wall,
+            f"{r['output_tokens']:,}",
+            f"{r['tokens_per_s_per_core']:,.0f}",
+            f"{r['peak_rss_bytes'] / 2**20:,.0f} MiB",
+        ]
+
+    growth = run["peak_rss_growth_at_scale"]
+    goal = PREPROCESS_TOKENS_PER_CORE_GOAL
+    return [
+        f"Machine: {run['machine']}. max_seq_length {run['max_seq_length']}, dupe_factor {run['dupe_factor']}. "
+        "`benchmarks/results/preprocess.json`.",
+        "",
+        *table(
+            ["setting", "corpus", "wall (s)", "output tokens", "tokens/s per core", "peak RSS (tree)"],
+            [
+                row("1 worker", one),
+                row("2 workers", two),
+                row(f"2 workers, {scale:g}x corpus", scaled),
+                row(f"1 worker, {scale:g}x corpus", scaled_one),
+            ],
+            "lrrrrr",
+        ),
+        "",
+        f"- >= {goal:,} output tokens/s per core: with 1 worker "
+        + verdict(one["tokens_per_s_per_core"] >= goal, f"{one['tokens_per_s_per_core']:,.0f}")
+        + ", with 2 workers "
+        + verdict(
+            two["tokens_per_s_per_core"] >= goal,
+            f"{two['tokens_per_s_per_core']:,.0f} per core",
+            f"{1 - two['tokens_per_s_per_core'] / goal:.0%} short",
+        )
+        + ".",
+        f"- >= {PREPROCESS_SPEEDUP_GOAL:g}x from 1 to 2 workers: "
+        + verdict(
+            run["speedup_2_workers"] >= PREPROCESS_SPEEDUP_GOAL,
+            f"{run['speedup_2_workers']:.2f}x at 1x, {run['speedup_2_workers_at_scale']:.2f}x at {scale:g}x",
+        )
+        + ".",
+        f"- peak memory growing <= {PREPROCESS_MEMORY_GROWTH_GOAL:.0%} from 1x to {scale:g}x: "
+        + verdict(growth <= PREPROCESS_MEMORY_GROWTH_GOAL, f"{growth:+.1%}")
+        + ".",
+    ]
+
+
+LOADER_ROWS = {
+    "ours": "ours (`pipeline.loader.stream_batches`: seeded shard windows, whole-shard read with sha256 check, "
+    "msgpack decode, collate)",
+    "ours_no_checksum": "ours without the sha256 check",
+    "ours_remask": "ours with dynamic re-masking",
+    "webdataset": "reference: `webdataset.WebDataset(...).shuffle(1000)`, same decode and collate",
+    "floor_webdataset_members": "floor: webdataset tar member iteration alone",
+    "floor_our_shard_read": "floor: our shard read (whole shard in memory, sha256 checked)",
+}
+
+
+def loader(results: Path) -> list[str]:
+    run = json.loads((results / "loader.json").read_text())
+    measured = run["results"]
+    ours, reference = measured["ours"]["samples_per_s"], measured["webdataset"]["samples_per_s"]
+    return [
+        f"Machine: {run['machine']}, Python {run['python']}, webdataset {run['webdataset']}. One process, seq "
+        f"{run['max_seq_length']}, batches of {run['batch']}, {run['dataset']['train_samples']:,} samples in "
+        f"{run['dataset']['train_shards']} shards; {run['repeat']} interleaved rounds, the fastest counts. "
+        "`benchmarks/results/loader.json`.",
+        "",
+        *table(
+            ["pipeline", "samples/s per process"],
+            [
+                [label, f"{measured[key]['samples_per_s']:,.0f}"]
+                for key, label in LOADER_ROWS.items()
+                if key in measured
+            ],
+            "lr",
+        ),
+        "",
+        f"Goal >= {LOADER_SAMPLES_GOAL:,} samples/s per process, collated: "
+        + verdict(ours >= LOADER_SAMPLES_GOAL, f"{ours:,.0f}, {ours / reference:.2f}x the webdataset pipeline")
+        + ".",
+    ]
+
+
+BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
+    "model_step_cpu": (
+        model_step_cpu,
+        "python benchmarks/model_step.py --out benchmarks/results/model_step_cpu_mini.json",
+    ),
+    "model_step_gpu": (model_step_gpu, "make bench on a machine with a GPU"),
+    "preprocess": (preprocess, "python benchmarks/run_all.py --only preprocess"),
+    "loader": (loader, "python benchmarks/run_all.py --only loader"),
+}
+
+
+def render(markdown: str, results: Path) -> str:
+    """`markdown` with every generated block rewritten from `results`."""
+    for name, (build, command) in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- begin {name} -->\n).*?(<!-- end {name} -->)", re.DOTALL)
+        if not pattern.search(markdown):
+            raise ValueError(f"RESULTS.md lacks the markers <!-- begin {name} --> ... <!-- end {name} -->")
+        try:
+            body = "\n".join(build(results))
+        except FileNotFoundError:
+            body = f"Not measured yet: `{command}`."
+        markdown = pattern.sub(lambda m, body=body: f"{m.group(1)}{body}\n{m.group(2)}", markdown)
+    return markdown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = parser.parse_args()
+    args.markdown.write_text(render(args.markdown.read_text(), args.results))
+    print(f"wrote {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""`make demo`'s entry point at its small size: every step runs for real (Beam, DeepSpeed on 2 CPU ranks, a
+sqlite MLflow registry, two fine-tuning runs) and the report is checked against the files behind it."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import tarfile
+
+import msgpack
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.demo.__main__ import main as demo_main
+from pipeline.demo.layout import CLASSIFY_VALIDATION, SIZES, DemoLayout
+from pipeline.demo.report import majority_share
+from pipeline.demo.steps import Step, StepFailed, progress_line, run_step
+
+STEP_LOGS = ["vocabulary", "preprocess", "pretrain", "finetune-pretrained", "finetune-scratch"]
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    output = tmp_path_factory.mktemp("demo") / "runs"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.demo", "--size", "small", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return DemoLayout(output), result.stdout
+
+
+@pytest.mark.slow
+def test_small_demo_writes_every_artefact_and_a_report_that_matches_them(small_demo):
+    layout, stdout = small_demo
+    summary = json.loads(layout.summary_json.read_text())
+    table = layout.summary_markdown.read_text()
+    assert table in stdout
+    assert f"MLflow UI: `{summary['mlflow_ui']}`" in table and f"sqlite:///{layout.mlflow}" in summary["mlflow_ui"]
+    assert sorted(p.stem for p in layout.logs.glob("*.log")) == sorted(STEP_LOGS)
+    assert list(summary["timings_s"]) == STEP_LOGS
+
+    # Pretraining: the last held-out evaluation is at the last step, on every validation sequence.
+    steps = SIZES["small"].pretrain_steps
+    held_out = summary["pretraining"]["held_out"]
+    assert summary["pretraining"]["steps"] == held_out["step"] == steps
+    assert held_out["eval_sequences"] == summary["dataset"]["validation_sequences"] > 0
+    assert 0 <= held_out["eval_mlm_accuracy"] <= 1 and 0 <= held_out["eval_nsp_accuracy"] <= 1
+    metrics = [json.loads(line) for line in (layout.pretrain / "metrics.jsonl").read_text().splitlines()]
+    assert held_out == [r for r in metrics if "eval_mlm_loss" in r][-1]
+
+    # The NSP baseline, recounted from the validation shards with tarfile and msgpack alone.
+    labels = []
+    for shard in sorted(layout.dataset.glob("validation-*.tar")):
+        with tarfile.open(shard) as tar:
+            labels += [msgpack.unpackb(tar.extractfile(m).read())["next_sentence_label"] for m in tar.getmembers()]
+    assert len(labels) == held_out["eval_sequences"]
+    assert summary["pretraining"]["nsp_majority_share"] == pytest.approx(
+        max(labels.count(0), labels.count(1)) / len(labels)
+    )
+
+    # The registry: the pretrained champion, the classifier fine-tuned from it; the baseline is not registered.
+    client = MlflowClient(layout.tracking_uri, registry_uri=layout.tracking_uri)
+    champion = client.get_model_version_by_alias("bert-demo", "champion")
+    assert summary["pretraining"]["champion"]["version"] == int(champion.version)
+    assert int(champion.tags["bertpipe.step"]) == summary["pretraining"]["champion"]["step"]
+    assert (layout.pretrain / "exports" / f"step{summary['pretraining']['champion']['step']:08d}").is_dir()
+    classifier = client.get_model_version_by_alias("bert-demo-classify", "champion")
+    assert [v.version for v in client.search_model_versions("name = 'bert-demo-classify'")] == [classifier.version]
+    pretrained = json.loads((layout.finetune_pretrained / "finetune_summary.json").read_text())
+    scratch = json.loads((layout.finetune_scratch / "finetune_summary.json").read_text())
+    assert pretrained["model"] == scratch["model"] == "models:/bert-demo@champion"
+    assert pretrained["base_registry_version"] == champion.version and not pretrained["from_scratch"]
+    assert scratch["from_scratch"] and scratch["registered"] is None
+    tuning = summary["finetuning"]
+    assert tuning["pretrained"]["accuracy"] == pretrained["evaluation"]["accuracy"]
+    assert tuning["scratch"]["accuracy"] == scratch["evaluation"]["accuracy"]
+    validation = [json.loads(line)["label"] for line in CLASSIFY_VALIDATION.read_text().splitlines()]
+    assert tuning["validation_examples"] == len(validation) and tuning["majority_share"] == 0.5  # balanced
+    for run in ("pretrained", "scratch"):
+        assert (layout.root / "finetune" / run / "model" / "model.safetensors").is_file()
+        assert f"| {tuning[run]['accuracy']:.3f} |" in table
+
+    # The PNG: a real image of the size the report draws (15 x 4.5 inches at 100 dpi).
+    png = layout.loss_curves.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    assert struct.unpack(">II", png[16:24]) == (1500, 450)
+
+
+@pytest.mark.slow
+def test_a_second_demo_into_the_same_directory_is_refused_without_overwrite(small_demo, capsys):
+    layout, _ = small_demo
+    before = layout.summary_json.stat().st_mtime_ns
+    assert demo_main(["--size", "small", "--output", str(layout.root)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert layout.summary_json.stat().st_mtime_ns == before
+
+
+def test_overwrite_removes_the_demo_outputs_and_nothing_else(tmp_path):
+    layout = DemoLayout(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "finetune" / "pretrained").mkdir(parents=True)
+    layout.summary_json.write_text("{}")
+    layout.logs.mkdir()
+    assert {p.name for p in layout.existing_outputs()} == {"finetune", "summary.json", "logs"}
+    layout.remove_outputs()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_failing_step_names_itself_and_shows_its_log(tmp_path):
+    layout = DemoLayout(tmp_path)
+    step = Step("broken", "a step that fails", [sys.executable, "-c", "print('what went wrong'); raise SystemExit(3)"])
+    with pytest.raises(StepFailed, match=r"step 'broken' failed \(exit code 3\)") as error:
+        run_step(step, layout, {})
+    assert "what went wrong" in str(error.value) and str(layout.logs / "broken.log") in str(error.value)
+
+
+def test_progress_line_shows_the_latest_step_and_evaluation(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    assert progress_line(metrics, 100) is None  # not written yet
+    records = [
+        {"step": 10, "loss": 7.5},
+        {"step": 20, "loss": 6.25},
+        {"step": 20, "eval_mlm_loss": 6.0, "eval_mlm_accuracy": 0.125, "eval_masked_tokens": 9},
+    ]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert (
+        progress_line(metrics, 100) == "step 20/100, loss 6.250; held out (step 20): mlm loss 6.000, mlm accuracy 0.125"
+    )
+
+
+def test_majority_share():
+    assert majority_share(["a", "b", "a", "a"]) == 0.75
+    assert majority_share([1]) == 1.0
+    with pytest.raises(ValueError, match="no labels"):
+        majority_share([])
