@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66,<5",
     # CPU and memory samples for MLflow's system metrics; the tests watch process trees with it.
     "psutil>=5.9,<8",
+    # The demo's loss-curve PNG (mlflow already depends on it).
+    "matplotlib>=3.7,<4",
 ]
 
 TEST_REQUIRE = [
