@@ -74,7 +74,7 @@ def test_small_demo_writes_every_artefact_and_a_report_that_matches_them(small_d
     pretrained = json.loads((layout.finetune_pretrained / "finetune_summary.json").read_text())
     scratch = json.loads((layout.finetune_scratch / "finetune_summary.json").read_text())
     assert pretrained["model"] == scratch["model"] == "models:/bert-demo@champion"
-    assert pretrained["base_registry_version"] == champion.version and not pretrained["from_scratch"]
+    assert pretrained["base_registry_version"] == f"bert-demo/{champion.version}" and not pretrained["from_scratch"]
     assert scratch["from_scratch"] and scratch["registered"] is None
     tuning = summary["finetuning"]
     assert tuning["pretrained"]["accuracy"] == pretrained["evaluation"]["accuracy"]
@@ -83,6 +83,8 @@ def test_small_demo_writes_every_artefact_and_a_report_that_matches_them(small_d
     assert tuning["validation_examples"] == len(validation) and tuning["majority_share"] == 0.5  # balanced
     for run in ("pretrained", "scratch"):
         assert (layout.root / "finetune" / run / "model" / "model.safetensors").is_file()
+        by_epoch = tuning[run]["accuracy_by_epoch"]
+        assert len(by_epoch) == SIZES["small"].finetune_epochs and tuning[run]["accuracy"] == max(by_epoch)
         assert f"| {tuning[run]['accuracy']:.3f} |" in table
 
     # The PNG: a real image of the size the report draws (15 x 4.5 inches at 100 dpi).

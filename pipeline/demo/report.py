@@ -106,9 +106,12 @@ def collect(layout: DemoLayout, timings: dict[str, float]) -> dict[str, Any]:
                     "accuracy": summary["evaluation"]["accuracy"],
                     "macro_f1": summary["evaluation"]["macro_f1"],
                     "best_epoch": summary["best_epoch"],
+                    "accuracy_by_epoch": epoch_accuracies(directory / "metrics.jsonl"),
                     "model": summary["exported"],
                 }
-                for run, summary in finetuned.items()
+                for (run, summary), directory in zip(
+                    finetuned.items(), (layout.finetune_pretrained, layout.finetune_scratch), strict=True
+                )
             },
         },
         "registry": registry,
@@ -128,6 +131,12 @@ def collect(layout: DemoLayout, timings: dict[str, float]) -> dict[str, Any]:
     }
 
 
+def epoch_accuracies(metrics: Path) -> list[float]:
+    """Held-out accuracy after each epoch of a fine-tuning run, in epoch order."""
+    records = [r for r in read_json_lines(metrics) if "eval_accuracy" in r]
+    return [r["eval_accuracy"] for r in sorted(records, key=lambda r: r["epoch"])]
+
+
 def mlflow_ui_command(layout: DemoLayout) -> str:
     mlflow = Path(sys.executable).parent / "mlflow"
     executable = str(mlflow) if mlflow.is_file() else "mlflow"
@@ -137,6 +146,11 @@ def mlflow_ui_command(layout: DemoLayout) -> str:
 def _duration(seconds: float) -> str:
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def finetune_row(run: dict[str, Any]) -> str:
+    by_epoch = " ".join(f"{a:.2f}" for a in run["accuracy_by_epoch"])
+    return f"{run['accuracy']:.3f} | {run['macro_f1']:.3f} | {run['best_epoch']} | {by_epoch} |"
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -161,14 +175,12 @@ def summary_table(summary: dict[str, Any]) -> str:
         f"{pre['nsp_majority_share']:.3f} |",
         "",
         f"| fine-tuned classifier, {tune['task']} ({tune['validation_examples']} held-out paragraphs) "
-        "| accuracy | macro-F1 | best epoch |",
-        "|---|---:|---:|---:|",
+        "| accuracy | macro-F1 | best epoch | accuracy after each epoch |",
+        "|---|---:|---:|---:|---|",
         f"| from `models:/{champion['name']}@champion` (version {champion['version']}, step {champion['step']}) | "
-        f"{tune['pretrained']['accuracy']:.3f} | {tune['pretrained']['macro_f1']:.3f} | "
-        f"{tune['pretrained']['best_epoch']} |",
-        f"| from random weights | {tune['scratch']['accuracy']:.3f} | {tune['scratch']['macro_f1']:.3f} | "
-        f"{tune['scratch']['best_epoch']} |",
-        f"| majority class | {tune['majority_share']:.3f} | | |",
+        + finetune_row(tune["pretrained"]),
+        "| from random weights | " + finetune_row(tune["scratch"]),
+        f"| majority class | {tune['majority_share']:.3f} | | | |",
         "",
         "| artefact | where |",
         "|---|---|",
