@@ -4,10 +4,14 @@ sqlite MLflow registry, two fine-tuning runs) and the report is checked against 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import struct
 import subprocess
 import sys
 import tarfile
+import time
 
 import msgpack
 import pytest
@@ -16,7 +20,7 @@ from mlflow import MlflowClient
 from pipeline.demo.__main__ import main as demo_main
 from pipeline.demo.layout import CLASSIFY_VALIDATION, SIZES, DemoLayout
 from pipeline.demo.report import majority_share
-from pipeline.demo.steps import Step, StepFailed, progress_line, run_step
+from pipeline.demo.steps import Step, StepFailed, progress_line, run_step, step_environment
 
 STEP_LOGS = ["vocabulary", "preprocess", "pretrain", "finetune-pretrained", "finetune-scratch"]
 
@@ -102,6 +106,26 @@ def test_a_second_demo_into_the_same_directory_is_refused_without_overwrite(smal
     assert layout.summary_json.stat().st_mtime_ns == before
 
 
+def test_ctrl_c_stops_the_demo_with_a_message_and_exit_code_130(tmp_path):
+    """SIGINT to the demo's process group (Ctrl-C in a terminal) ends it and the step it was running."""
+    output = tmp_path / "demo"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.demo", "--size", "small", "--output", str(output)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (output / "logs" / "vocabulary.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert re.search(r"demo: interrupted during '[\w-]+'; run again with --overwrite", stderr), stderr[-2000:]
+    assert "Traceback" not in stderr
+
+
 def test_overwrite_removes_the_demo_outputs_and_nothing_else(tmp_path):
     layout = DemoLayout(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
@@ -113,11 +137,19 @@ def test_overwrite_removes_the_demo_outputs_and_nothing_else(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def test_steps_run_on_cpu_on_this_machine_whatever_the_environment_says(tmp_path):
+    base = {"PATH": "/usr/bin", "HOSTFILE": "hosts", "SLURM_JOB_NODELIST": "node[1-4]", "RANK": "3", "HOME": "/h"}
+    env = step_environment(DemoLayout(tmp_path), base)
+    assert not {"HOSTFILE", "SLURM_JOB_NODELIST", "RANK"} & set(env)
+    assert env["DS_ACCELERATOR"] == "cpu" and env["BERTPIPE_PYTHON"] == sys.executable and env["HOME"] == "/h"
+    assert env["BERTPIPE_CACHE"] == str(tmp_path / "cache") and env["PATH"].endswith(os.pathsep + "/usr/bin")
+
+
 def test_a_failing_step_names_itself_and_shows_its_log(tmp_path):
     layout = DemoLayout(tmp_path)
     step = Step("broken", "a step that fails", [sys.executable, "-c", "print('what went wrong'); raise SystemExit(3)"])
     with pytest.raises(StepFailed, match=r"step 'broken' failed \(exit code 3\)") as error:
-        run_step(step, layout, {})
+        run_step(step, layout, dict(os.environ))
     assert "what went wrong" in str(error.value) and str(layout.logs / "broken.log") in str(error.value)
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from model.checkpoint import atomic_write_bytes
-from pipeline.demo.layout import SIZES, DemoLayout
+from pipeline.demo.layout import ROOT, SIZES, DemoLayout
 from pipeline.demo.report import collect, plot_loss_curves, summary_table
-from pipeline.demo.steps import StepFailed, demo_steps, python_env, run_step
+from pipeline.demo.steps import StepFailed, demo_steps, run_step, step_environment
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.finetune_epochs is not None:
         size = dataclasses.replace(size, finetune_epochs=args.finetune_epochs)
     layout = DemoLayout(args.output.resolve())
+    if (ROOT / "launch" / "hostfile").exists():
+        print(
+            f"demo: {ROOT / 'launch' / 'hostfile'} exists, and the launch scripts would start ranks on the machines "
+            "it names; the demo runs on this machine only: move the file aside while it runs",
+            file=sys.stderr,
+        )
+        return 2
     earlier = layout.existing_outputs()
     if earlier and not args.overwrite:
         print(
@@ -54,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     layout.root.mkdir(parents=True, exist_ok=True)
 
     steps = demo_steps(layout, size)
-    env = python_env(layout)
+    env = step_environment(layout, dict(os.environ))
     timings: dict[str, float] = {}
     print(f"demo: writing to {layout.root}")
     for number, step in enumerate(steps, 1):
@@ -64,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         except StepFailed as error:
             print(f"demo: {error}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # the step's processes got the same signal and stop on their own
+            print(f"\ndemo: interrupted during '{step.name}'; run again with --overwrite", file=sys.stderr)
+            return 130
         print(f"      done in {timings[step.name]:.0f} s", flush=True)
 
     start = time.monotonic()

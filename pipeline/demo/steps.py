@@ -46,13 +46,19 @@ class Step:
     total_steps: int | None = None
 
 
-def python_env(layout: DemoLayout) -> dict[str, str]:
-    """Every step runs on CPU with this interpreter and keeps its registry downloads in the demo directory."""
+# What would send the launch scripts to other machines: the demo runs on this one.
+MULTI_NODE_VARIABLES = ("HOSTFILE", "SLURM_JOB_NODELIST", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def step_environment(layout: DemoLayout, base: dict[str, str]) -> dict[str, str]:
+    """`base` for the steps: on CPU, with this interpreter, registry downloads kept in the demo directory,
+    and nothing that would make a launch script start ranks on other machines."""
     bin_dir = Path(sys.executable).parent
-    env = {"DS_ACCELERATOR": "cpu", "BERTPIPE_PYTHON": sys.executable, "BERTPIPE_CACHE": str(layout.cache.resolve())}
+    env = {k: v for k, v in base.items() if k not in MULTI_NODE_VARIABLES}
+    env.update(DS_ACCELERATOR="cpu", BERTPIPE_PYTHON=sys.executable, BERTPIPE_CACHE=str(layout.cache.resolve()))
     if (bin_dir / "bertpipe").is_file():
         env["BERTPIPE"] = str(bin_dir / "bertpipe")
-    env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    env["PATH"] = f"{bin_dir}{os.pathsep}{base.get('PATH', '')}"
     return env
 
 
@@ -142,7 +148,7 @@ def run_step(step: Step, layout: DemoLayout, env: dict[str, str], echo: Callable
     last_shown = None
     with log_path.open("w", encoding="utf-8") as log:
         process = subprocess.Popen(
-            step.command, cwd=ROOT, env={**os.environ, **env, **step.env}, stdout=log, stderr=subprocess.STDOUT
+            step.command, cwd=ROOT, env={**env, **step.env}, stdout=log, stderr=subprocess.STDOUT
         )
         while True:
             try:
