@@ -115,6 +115,9 @@ def test_ctrl_c_stops_the_demo_with_a_message_and_exit_code_130(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # A shell without job control starts background commands with SIGINT ignored, and Python keeps
+        # that; the demo must see SIGINT as a terminal's Ctrl-C delivers it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (output / "logs" / "vocabulary.log").exists() and time.monotonic() < deadline:
@@ -124,6 +127,17 @@ def test_ctrl_c_stops_the_demo_with_a_message_and_exit_code_130(tmp_path):
     assert process.returncode == 130, stderr[-2000:]
     assert re.search(r"demo: interrupted during '[\w-]+'; run again with --overwrite", stderr), stderr[-2000:]
     assert "Traceback" not in stderr
+
+
+def test_the_demo_refuses_to_start_beside_a_default_hostfile(tmp_path, monkeypatch, capsys):
+    import pipeline.demo.__main__ as demo
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-001 slots=8\n")
+    monkeypatch.setattr(demo, "DEFAULT_HOSTFILE", hostfile)
+    assert demo.main(["--size", "small", "--output", str(tmp_path / "demo")]) == 2
+    assert f"demo: {hostfile} exists" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_overwrite_removes_the_demo_outputs_and_nothing_else(tmp_path):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from model.checkpoint import atomic_write_bytes
-from pipeline.demo.layout import ROOT, SIZES, DemoLayout
+from pipeline.demo.layout import DEFAULT_HOSTFILE, SIZES, DemoLayout
 from pipeline.demo.report import collect, plot_loss_curves, summary_table
 from pipeline.demo.steps import StepFailed, demo_steps, run_step, step_environment
 
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.finetune_epochs is not None:
         size = dataclasses.replace(size, finetune_epochs=args.finetune_epochs)
     layout = DemoLayout(args.output.resolve())
-    if (ROOT / "launch" / "hostfile").exists():
+    if DEFAULT_HOSTFILE.exists():
         print(
-            f"demo: {ROOT / 'launch' / 'hostfile'} exists, and the launch scripts would start ranks on the machines "
+            f"demo: {DEFAULT_HOSTFILE} exists, and the launch scripts would start ranks on the machines "
             "it names; the demo runs on this machine only: move the file aside while it runs",
             file=sys.stderr,
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PYDOCS = ROOT / "tests" / "data" / "pydocs"
 DEMO_CONFIG = ROOT / "launch" / "configs" / "demo"
+DEFAULT_HOSTFILE = ROOT / "launch" / "hostfile"  # the launch scripts read it when HOSTFILE is unset
 REGISTERED_MODEL = "bert-demo"  # launch/configs/demo/train.json: registered_model_name
 CLASSIFIER_MODEL = f"{REGISTERED_MODEL}-classify"
 
