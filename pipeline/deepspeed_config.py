@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,3 +139,28 @@ def build_adamw(groups: list[dict[str, Any]], spec: OptimizerSpec, on_gpu: bool)
         eps=float(params.get("eps", 1e-6)),
         fused=on_gpu,
     )
+
+
+def initialize_engine(
+    model: nn.Module,
+    spec: OptimizerSpec,
+    ds_config: dict[str, Any],
+    lr_factor: Callable[[int], float],
+    on_gpu: bool,
+) -> tuple[Any, Any, Any]:
+    """The DeepSpeed engine, its optimizer and lr scheduler for `model`: AdamW built here with BERT's
+    parameter groups, any other optimizer by DeepSpeed from its config; the lr is the optimizer's peak
+    times `lr_factor(step)`. Both training loops build their engine with it."""
+    import deepspeed
+
+    groups = parameter_groups(model, spec.weight_decay)
+    optimizer = build_adamw(groups, spec, on_gpu) if spec.kind == "adamw" else None
+    engine, engine_optimizer, _, lr_scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=groups if optimizer is None else None,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor),
+        config=ds_config,
+        dist_init_required=False,
+    )
+    return engine, engine_optimizer, lr_scheduler

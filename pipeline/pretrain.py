@@ -143,24 +143,13 @@ class Trainer:
     # -- building -------------------------------------------------------------------------------------
 
     def build_engine(self) -> None:
-        import deepspeed
 
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         model = BertForPreTraining(self.model_config)
         if self.init_from and self.resume_tag is None:
             load_initial_weights(model, self.init_from)
-        groups = deepspeed_config.parameter_groups(model, self.optimizer_spec.weight_decay)
-        optimizer = None
-        if self.optimizer_spec.kind == "adamw":
-            optimizer = deepspeed_config.build_adamw(groups, self.optimizer_spec, self.on_gpu)
-        schedule = self.schedule
-        self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
-            model=model,
-            model_parameters=groups if optimizer is None else None,
-            optimizer=optimizer,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor),
-            config=self.ds_config,
-            dist_init_required=False,
+        self.engine, self.optimizer, self.lr_scheduler = deepspeed_config.initialize_engine(
+            model, self.optimizer_spec, self.ds_config, self.schedule.factor, self.on_gpu
         )
         # Dropout differs per rank; the data order does not depend on these.
         torch.manual_seed(self.train.seed + 1 + self.rank)

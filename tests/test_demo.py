@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from pipeline.demo.__main__ import main as demo_main
 from pipeline.demo.layout import CLASSIFY_VALIDATION, SIZES, DemoLayout
+from pipeline.demo.layout import ROOT as ROOT_DIR
 from pipeline.demo.report import majority_share
 from pipeline.demo.steps import Step, StepFailed, progress_line, run_step, step_environment
 
@@ -186,3 +187,29 @@ def test_majority_share():
     assert majority_share([1]) == 1.0
     with pytest.raises(ValueError, match="no labels"):
         majority_share([])
+
+
+@pytest.mark.parametrize("flag", ["--pretrain-steps", "--finetune-epochs"])
+def test_a_count_below_one_is_a_usage_error(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo_main(["--output", str(tmp_path / "demo"), flag, "0"])
+    assert exit_info.value.code == 2
+    assert f"{flag} must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_the_corpus_builder_refuses_an_exclude_list_naming_unknown_files(tmp_path):
+    sources = tmp_path / "_sources"
+    (sources / "tutorial").mkdir(parents=True)
+    (sources / "tutorial" / "intro.rst.txt").write_text("Intro\n=====\n\nSome text.\n")
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text("tutorial/intro.rst.txt\nc-api/missing.rst.txt\n")
+    script = ROOT_DIR / "tests" / "data" / "pydocs" / "build_corpus.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(sources), "--exclude-list", str(exclude), "--out", str(tmp_path / "c.txt")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "names files that are not among the inputs: ['c-api/missing.rst.txt']" in result.stderr
+    assert not (tmp_path / "c.txt").exists()

@@ -212,7 +212,6 @@ class FineTuner:
             raise TrainConfigError(f"cannot read the DeepSpeed config {path}: {error}") from error
 
     def build_engine(self) -> None:
-        import deepspeed
 
         torch.manual_seed(self.request.seed)  # the same new head on every rank
         model = self.task.model_class(self.config)
@@ -221,18 +220,8 @@ class FineTuner:
             self.initialized = list(report.initialized)
         else:
             self.initialized = ["(all: --from-scratch)"]
-        groups = deepspeed_config.parameter_groups(model, self.optimizer_spec.weight_decay)
-        optimizer = None
-        if self.optimizer_spec.kind == "adamw":
-            optimizer = deepspeed_config.build_adamw(groups, self.optimizer_spec, self.on_gpu)
-        schedule = self.schedule
-        self.engine, _, _, self.lr_scheduler = deepspeed.initialize(
-            model=model,
-            model_parameters=groups if optimizer is None else None,
-            optimizer=optimizer,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor),
-            config=self.ds_config,
-            dist_init_required=False,
+        self.engine, _, self.lr_scheduler = deepspeed_config.initialize_engine(
+            model, self.optimizer_spec, self.ds_config, self.schedule.factor, self.on_gpu
         )
         torch.manual_seed(self.request.seed + 1 + self.rank)  # dropout differs per rank
 
