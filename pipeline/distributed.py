@@ -3,8 +3,10 @@ when no launcher set the rank variables."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -28,7 +30,25 @@ def init_distributed() -> tuple[int, int, bool]:
     if on_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend=None if on_gpu else "gloo", auto_mpi_discovery=False)
+    if not on_gpu and dist.get_world_size() > 1:
+        dist.barrier()  # every rank has mapped its peers' segments: the names are no longer needed
+        unlink_cpu_allreduce_segment(dist.get_rank())
     return dist.get_rank(), dist.get_world_size(), on_gpu
+
+
+def cpu_allreduce_segment(rank: int) -> Path:
+    """The /dev/shm segment DeepSpeed's CPU all-reduce creates for `rank` when all ranks share a host
+    (named after the user, MASTER_ADDR and MASTER_PORT, as in its shm.cpp)."""
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}"
+    return Path("/dev/shm") / f"{name}_{os.environ.get('MASTER_PORT', '')}_{rank}"
+
+
+def unlink_cpu_allreduce_segment(rank: int) -> None:
+    """DeepSpeed never unlinks its CPU all-reduce segment: every run on CPU would leave world size x
+    ~66 MB in /dev/shm until reboot, and repeated runs fill it. Unlinking after all ranks have mapped
+    it frees the name at once; the memory stays mapped until the processes exit, even if killed."""
+    with contextlib.suppress(FileNotFoundError):
+        cpu_allreduce_segment(rank).unlink()
 
 
 def node_count(world_size: int) -> int:

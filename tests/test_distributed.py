@@ -1,0 +1,57 @@
+"""The process group on CPU: two real ranks under gloo, as the deepspeed launcher starts them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.pretrain_runs import ROOT, cpu_env, free_port
+
+# Each rank records whether DeepSpeed's segment was there under the name we compute, then all-reduces
+# once after the names are gone and reports what it sees.
+RANK = """
+import json, torch
+import torch.distributed as dist
+from pipeline import distributed
+
+existed = []
+unlink = distributed.unlink_cpu_allreduce_segment
+def recording_unlink(rank):
+    existed.append(distributed.cpu_allreduce_segment(rank).exists())
+    unlink(rank)
+distributed.unlink_cpu_allreduce_segment = recording_unlink
+
+rank, world, on_gpu = distributed.init_distributed()
+total = torch.tensor([float(rank + 1)])
+dist.all_reduce(total)
+dist.barrier()
+print(json.dumps({"rank": rank, "world": world, "existed": existed, "sum": total.item(),
+                  "left": distributed.cpu_allreduce_segment(rank).exists()}))
+"""
+
+
+def test_cpu_ranks_leave_no_shared_memory_segments_behind():
+    port = str(free_port())
+    ranks = []
+    for rank in range(2):
+        env = cpu_env(
+            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_SIZE="2",
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+        )  # fmt: skip
+        command = [sys.executable, "-c", RANK]
+        ranks.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [process.communicate(timeout=240) for process in ranks]
+    for process, (_, err) in zip(ranks, outputs, strict=True):
+        assert process.returncode == 0, err.decode()[-3000:]
+    reports = sorted((json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs), key=lambda r: r["rank"])
+
+    assert [r["world"] for r in reports] == [2, 2]
+    assert [r["sum"] for r in reports] == [3.0, 3.0]
+    # DeepSpeed made one segment per rank under the name computed here; it is gone while the ranks run
+    assert [r["existed"] for r in reports] == [[True], [True]]
+    assert [r["left"] for r in reports] == [False, False]
+    leftovers = sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+    assert leftovers == []
