@@ -260,7 +260,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=None, help="an existing dataset directory (train split)")
     parser.add_argument("--dupe-factor", type=int, default=20, help="for the dataset built here")
-    parser.add_argument("--shard-mb", type=float, default=1.5, help="for the dataset built here")
+    parser.add_argument("--shard-mb", type=float, default=4.5, help="for the dataset built here")
     parser.add_argument("--vocab-size", type=int, default=8000, help="for the dataset built here")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--samples", type=int, default=20_000, help="at least this many samples per measurement")

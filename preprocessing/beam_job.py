@@ -37,7 +37,15 @@ from preprocessing.manifest import MANIFEST_NAME, build_manifest, manifest_bytes
 from preprocessing.pairing import Document, PairingParams
 from preprocessing.randomness import stable_hash, unit_interval
 from preprocessing.sentences import SentenceSplitter
-from preprocessing.shards import POSITION_DTYPE, sample_key, shard_bounds, shard_count, shard_name, tar_bytes
+from preprocessing.shards import (
+    POSITION_DTYPE,
+    sample_key,
+    shard_bounds,
+    shard_count,
+    shard_name,
+    tar_bytes,
+    tar_member_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +306,7 @@ class BucketFile:
 
     path: str
     samples: int
-    bytes: int
+    tar_bytes: int  # what its samples take as tar members: shard sizes are planned from it
 
 
 class MakeInstances(beam.DoFn):
@@ -344,7 +352,8 @@ class MakeInstances(beam.DoFn):
             self.dtype,
         )
         body = b"".join(samples.data)
-        offsets = np.concatenate(([0], np.cumsum([len(d) for d in samples.data], dtype=np.int64)))
+        sizes = np.array([len(d) for d in samples.data], dtype=np.int64)
+        offsets = np.concatenate(([0], np.cumsum(sizes)))
         index = msgpack.packb(
             {
                 "offsets": offsets.astype("<i8").tobytes(),
@@ -354,7 +363,7 @@ class MakeInstances(beam.DoFn):
         )
         path = fs.join(self.work_dir, f"samples-{split}-{bucket:06d}.msgpack")
         fs.write_atomically(path, body + index + len(index).to_bytes(8, "little"))
-        yield (split, bucket), BucketFile(path=path, samples=len(samples.data), bytes=len(body))
+        yield (split, bucket), BucketFile(path=path, samples=len(samples.data), tar_bytes=tar_member_bytes(sizes))
         yield counted(stats.as_dict())
 
 
@@ -385,7 +394,7 @@ def plan_shards(buckets: dict[Bucket, BucketFile], shard_mb: float) -> list[Shar
     for split in SPLITS:
         files = [buckets[key] for key in sorted(buckets) if key[0] == split and buckets[key].samples]
         total = sum(f.samples for f in files)
-        count = shard_count(total, sum(f.bytes for f in files), int(shard_mb * 2**20))
+        count = shard_count(total, sum(f.tar_bytes for f in files), int(shard_mb * 2**20))
         starts = np.cumsum([0] + [f.samples for f in files])
         for index, (first, stop) in enumerate(shard_bounds(total, count)):
             pieces = []

@@ -107,8 +107,16 @@ def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
     return b"".join(parts)
 
 
+def tar_member_bytes(payload_sizes: np.ndarray) -> int:
+    """What members with these payload sizes take in a tar: a header block each and the data padded
+    to whole blocks (a ~300-byte sample takes 1 KiB)."""
+    sizes = np.asarray(payload_sizes, dtype=np.int64)
+    return int((BLOCK + sizes + (-sizes % BLOCK)).sum())
+
+
 def shard_count(total_samples: int, total_bytes: int, target_shard_bytes: int) -> int:
-    """Shards of about `target_shard_bytes`, at least one, never more than samples."""
+    """Shards of about `target_shard_bytes` (`total_bytes` being the tar members'), at least one,
+    never more than samples."""
     if total_samples == 0:
         return 0
     return max(1, min(total_samples, round(total_bytes / target_shard_bytes)))

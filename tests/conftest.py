@@ -49,7 +49,7 @@ def pretraining_dataset(tmp_path_factory) -> Path:
     tokenizer_dir.mkdir()
     for name, data in tokenizer_files(train_wordpiece(lines, vocab_size=3000, lowercase=True)).items():
         (tokenizer_dir / name).write_bytes(data)
-    params = JobParams(dupe_factor=2, validation_fraction=0.1, bucket_mb=0.1, shard_mb=0.1, seed=11)
+    params = JobParams(dupe_factor=2, validation_fraction=0.1, bucket_mb=0.1, shard_mb=0.3, seed=11)
     runner = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
     preprocess.run([str(PYDOCS_CORPUS)], str(tokenizer_dir), str(root / "dataset"), params, runner)
     return root / "dataset"

@@ -23,6 +23,7 @@ from preprocessing.masking import unmask
 from preprocessing.pairing import Document
 from preprocessing.preprocess import PreprocessError
 from preprocessing.sentences import SentenceSplitter
+from preprocessing.shards import BLOCK
 from preprocessing.tokenizer import TokenizerError, load_tokenizer, tokenizer_files, train_wordpiece
 
 CORPUS = Path(__file__).parent / "data" / "pydocs" / "corpus.txt"
@@ -115,6 +116,16 @@ def test_manifest_matches_the_files(datasets):
             sizes.append(len(samples))
         assert max(sizes) - min(sizes) <= 1
         assert sum(sizes) == info["samples"]
+        # as many shards as bring them nearest --shard-mb, counting tar headers and padding
+        member_bytes = 0
+        for shard in info["shards"]:
+            with tarfile.open(directory / shard["name"]) as tar:
+                member_bytes += sum(BLOCK + -(-m.size // BLOCK) * BLOCK for m in tar.getmembers())
+        target = PARAMS.shard_mb * 2**20
+        assert len(info["shards"]) == max(1, round(member_bytes / target)), split
+        if split == "train":
+            assert len(info["shards"]) >= 3
+            assert 0.8 * target < np.mean([s["bytes"] for s in info["shards"]]) < 1.25 * target
         totals["samples"] += info["samples"]
         totals["tokens"] += info["tokens"]
     assert manifest["totals"]["samples"] == totals["samples"] == manifest["counters"]["instances"]

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from preprocessing.shards import (
+    BLOCK,
+    RECORD,
     Sample,
     decode_sample,
     encode_sample,
@@ -19,6 +21,7 @@ from preprocessing.shards import (
     shard_count,
     shard_name,
     tar_bytes,
+    tar_member_bytes,
     token_dtype,
 )
 
@@ -80,3 +83,12 @@ def test_shard_count_from_target_size():
     assert shard_count(3, 10 * 2**20, 2**20) == 3  # never more shards than samples
     assert shard_count(1000, 100, 2**20) == 1
     assert shard_count(0, 0, 2**20) == 0
+
+
+@pytest.mark.parametrize("sizes", [[0], [1], [511], [512], [513], [300, 700, 1024, 5], list(range(0, 3000, 7))])
+def test_tar_member_bytes_is_the_archive_without_its_end_padding(sizes):
+    members = [(f"k{i}", os.urandom(n)) for i, n in enumerate(sizes)]
+    archive = len(tar_bytes(members))
+    members_only = tar_member_bytes(np.array(sizes))
+    assert members_only == sum(BLOCK + -(-n // BLOCK) * BLOCK for n in sizes)
+    assert 2 * BLOCK <= archive - members_only < 2 * BLOCK + RECORD  # end-of-archive blocks, record padding

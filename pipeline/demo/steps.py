@@ -69,7 +69,7 @@ def demo_steps(layout: DemoLayout, size: DemoSize) -> list[Step]:
 
     preprocess = [str(ROOT / "launch" / "preprocess.sh"), "--phase", "1", "--input", str(CORPUS)]
     preprocess += ["--tokenizer", str(layout.tokenizer), "--output", str(layout.data)]
-    preprocess += ["--dupe-factor", str(size.dupe_factor), "--validation-fraction", "0.02", "--shard-mb", "4"]
+    preprocess += ["--dupe-factor", str(size.dupe_factor), "--validation-fraction", "0.02", "--shard-mb", "8"]
     preprocess += [f"--direct_num_workers={BEAM_WORKERS}"]
 
     pretrain = [str(ROOT / "launch" / "pretrain.sh"), "--config", str(DEMO_CONFIG)]
