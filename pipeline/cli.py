@@ -135,6 +135,7 @@ def _finetune(args: argparse.Namespace, _: list[str]) -> int:
         text_column=args.text_column,
         text_pair_column=args.text_pair_column,
         label_column=args.label_column,
+        truncation=args.truncation,
         map_unseen_label=args.map_unseen_label,
         doc_stride=args.doc_stride,
         max_query_length=args.max_query_length,
@@ -149,6 +150,7 @@ def _finetune(args: argparse.Namespace, _: list[str]) -> int:
         train=args.train,
         validation=args.validation,
         output=args.output,
+        test=args.test,
         options=options,
         epochs=args.epochs,
         learning_rate=args.learning_rate,
@@ -295,14 +297,23 @@ def _add_finetune_parser(commands: Any) -> None:
         help="fine-tune a model on classification, NER or extractive QA (DeepSpeed, one process per rank)",
         description="Run under the deepspeed launcher (launch/finetune.sh) for several GPUs or nodes; started "
         "directly it is a single-process run. Writes <output>/model (Hugging Face format), the best epoch's "
-        "validation predictions and metrics.jsonl, and registers the model as <base>-<task>.",
+        "validation predictions (with --test, the test predictions and metrics too) and metrics.jsonl, and "
+        "registers the model as <base>-<task>.",
     )
     tune.add_argument("task", choices=["classify", "ner", "qa"])
     tune.add_argument(
         "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a model dir or a checkpoint"
     )
     tune.add_argument("--train", required=True, help="classify: .csv/.tsv/.jsonl; ner: CoNLL; qa: SQuAD JSON")
-    tune.add_argument("--validation", required=True, help="same format as --train; scored after every epoch")
+    tune.add_argument(
+        "--validation", required=True, help="same format as --train; scored after every epoch, picks the best one"
+    )
+    tune.add_argument(
+        "--test",
+        metavar="FILE",
+        help="same format as --train; the best epoch (chosen on --validation) is scored on it once, and its "
+        "test_* metrics and test_predictions.* file are recorded beside the validation ones",
+    )
     tune.add_argument("--output", required=True, help="run directory")
     tune.add_argument("--epochs", type=int, default=3)
     tune.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5)")
@@ -326,7 +337,17 @@ def _add_finetune_parser(commands: Any) -> None:
     data.add_argument("--text-pair-column", help="second text of sentence pairs (segment B)")
     data.add_argument("--label-column", default="label")
     data.add_argument(
-        "--map-unseen-label", metavar="LABEL", help="classify/ner: count validation labels training lacks as LABEL"
+        "--truncation",
+        choices=["head", "tail", "head+tail"],  # classification_data.TRUNCATIONS, spelled out to import nothing
+        default="head",
+        help="tokens kept of a text longer than --max-seq-length: the first (head), the last (tail), or the "
+        "first quarter and the last three quarters (head+tail); in a pair the longer text gives tokens up first "
+        "and each text is cut this way",
+    )
+    data.add_argument(
+        "--map-unseen-label",
+        metavar="LABEL",
+        help="classify/ner: count validation and test labels training lacks as LABEL",
     )
     qa = tune.add_argument_group("question answering")
     qa.add_argument("--doc-stride", type=int, default=128, help="tokens between the starts of context windows")

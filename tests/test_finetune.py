@@ -47,10 +47,19 @@ def registry(tmp_path_factory) -> dict[str, str]:
     return {"uri": uri, "root": str(root), "cache": str(root / "cache")}
 
 
-def finetune(registry: dict[str, str], task: str, output: Path, *args: str, launcher: bool = False, ranks: int = 1):
+def finetune(
+    registry: dict[str, str],
+    task: str,
+    output: Path,
+    *args: str,
+    launcher: bool = False,
+    ranks: int = 1,
+    validation: Path | None = None,
+):
     files = {"classify": "classify_{}.jsonl", "ner": "ner_{}.conll", "qa": "qa_{}.json"}[task]
+    validation = validation or TASKS / files.format("validation")
     common = ["--model", "models:/bert-tiny@champion", "--tracking-uri", registry["uri"], "--output", str(output)]
-    common += ["--train", str(TASKS / files.format("train")), "--validation", str(TASKS / files.format("validation"))]
+    common += ["--train", str(TASKS / files.format("train")), "--validation", str(validation)]
     if launcher:
         command = [str(FINETUNE_SH), task, "--gpus-per-node", str(ranks), "--master-port", str(free_port())]
     else:
@@ -149,6 +158,70 @@ def test_classification_from_the_registry_learns_and_registers(registry, tmp_pat
         assert served == [names[str(int(ours(**b).logits[0].argmax()))] for b in single]
 
 
+def test_a_test_file_is_scored_once_with_the_epoch_validation_chose(registry, tmp_path):
+    """--test: the best epoch is still chosen on --validation; its weights, loaded back from its checkpoint,
+    are scored on the test file, whose metrics and predictions are recorded beside the validation ones."""
+    from pipeline.finetune.classification_data import Columns, encode_texts, read_examples
+    from pipeline.finetune.task import collate_features
+    from preprocessing.tokenizer import load_tokenizer
+
+    rows = [json.loads(line) for line in (TASKS / "classify_validation.jsonl").read_text().splitlines()]
+    validation, test = tmp_path / "dev.jsonl", tmp_path / "test.jsonl"
+    # Validation with its labels swapped prefers the early, untrained epochs, so the epoch it picks is not the
+    # last one (the weights in memory at the end): the test file must be scored with the reloaded checkpoint.
+    swapped = {"c-api": "tutorial", "tutorial": "c-api"}
+    validation.write_text("".join(json.dumps({**r, "label": swapped[r["label"]]}) + "\n" for r in rows[::2]))
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[1::2]))
+    output = tmp_path / "classify-test"
+    args = ["--epochs", "3", "--max-seq-length", "64", "--batch-size", "16", "--learning-rate", "5e-4"]
+    args += ["--test", str(test), "--truncation", "head+tail", "--name", "bert-tiny-classify-tested"]
+    result = finetune(registry, "classify", output, *args, validation=validation)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((output / "finetune_summary.json").read_text())
+    written = records(output)
+    epochs = [r for r in written if "epoch" in r and "eval_accuracy" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    best = max(epochs, key=lambda r: r["eval_accuracy"])  # the first of equals, as the loop keeps it
+    assert summary["best_epoch"] == best["epoch"] and summary["evaluation"]["accuracy"] == best["eval_accuracy"]
+    assert best["epoch"] < 3  # this seed learns by epoch 3 (0.78 on the true labels), so swapped labels drop
+    final = written[-1]  # one record of the run's result, after the per-epoch ones
+    assert final["best_epoch"] == best["epoch"] and final["step"] == best["step"]
+    assert final["eval_accuracy"] == best["eval_accuracy"] and final["test_accuracy"] == summary["test"]["accuracy"]
+    assert sum("test_accuracy" in r for r in written) == 1
+    assert summary["counts"]["test_examples"] == 80 and summary["counts"]["validation_examples"] == 80
+
+    test_predictions = [json.loads(line) for line in (output / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(test_predictions) == 80 and [p["line"] for p in test_predictions] == list(range(1, 81))
+    correct = sum(p["label"] == p["predicted"] for p in test_predictions) / 80
+    assert summary["test"]["accuracy"] == pytest.approx(correct)
+    assert summary["test_predictions"] == str(output / "test_predictions.jsonl")
+    dev_predictions = (output / "predictions.jsonl").read_text().splitlines()
+    assert len(dev_predictions) == 80
+    # The test predictions are the exported (best) model's, on inputs cut as in training (head+tail).
+    model_dir = output / "model"
+    examples, _ = read_examples(test, Columns())
+    tokenizer = load_tokenizer(model_dir)
+    encoded = encode_texts(tokenizer, examples, 64, "head+tail")
+    batch = collate_features([{"input_ids": e.input_ids, "token_type_ids": e.token_type_ids} for e in encoded], 0, 64)
+    from model import BertForSequenceClassification
+
+    with torch.no_grad():
+        logits = BertForSequenceClassification.from_pretrained(model_dir).eval()(**batch).logits
+    names = json.loads((model_dir / "config.json").read_text())["id2label"]
+    assert [p["predicted"] for p in test_predictions] == [names[str(int(i))] for i in logits.argmax(-1)]
+    assert "; test accuracy" in result.stdout
+
+    client, versions = registered(registry, "bert-tiny-classify-tested")
+    tags = versions[0].tags
+    assert float(tags["bertpipe.test_accuracy"]) == pytest.approx(summary["test"]["accuracy"])
+    assert float(tags["bertpipe.eval_accuracy"]) == pytest.approx(best["eval_accuracy"])
+    run = client.get_run(versions[0].run_id)
+    history = client.get_metric_history(run.info.run_id, "test_accuracy")
+    assert [(m.step, m.value) for m in history] == [(best["step"], summary["test"]["accuracy"])]
+    assert run.data.params["options.truncation"] == "head+tail"
+    assert run.data.params["data.test_sha256"] and run.data.params["data.test_examples"] == "80"
+
+
 def test_ner_on_two_ranks_with_zero2_writes_conll_predictions(registry, tmp_path, monkeypatch):
     from model import BertForTokenClassification
     from pipeline.finetune.conll import read_conll
@@ -166,11 +239,14 @@ def test_ner_on_two_ranks_with_zero2_writes_conll_predictions(registry, tmp_path
     )
     output = tmp_path / "ner"
     args = ["--epochs", "2", "--max-seq-length", "64", "--deepspeed-config", str(config), "--keep-checkpoint"]
+    args += ["--test", str(TASKS / "ner_validation.conll")]  # the same file: the reloaded best epoch scores alike
     result = finetune(registry, "ner", output, *args, launcher=True, ranks=2)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads((output / "finetune_summary.json").read_text())
-    assert summary["counts"]["validation_sentences"] == 100
+    assert summary["counts"]["validation_sentences"] == 100 and summary["counts"]["test_sentences"] == 100
     assert set(summary["evaluation"]) == {"precision", "recall", "f1"}
+    assert summary["test"] == summary["evaluation"]  # ZeRO-2 partitions on two ranks, loaded back
+    assert (output / "test_predictions.conll").read_text() == (output / "predictions.conll").read_text()
     assert (output / "checkpoints").is_dir()
     # Every validation line comes back with a prediction appended; read back, the predictions are the tags.
     lines = (TASKS / "ner_validation.conll").read_text().splitlines()

@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from model.heads import IGNORE_INDEX
-from pipeline.finetune.classification_data import Columns, encode_texts, read_examples
+from pipeline.finetune.classification_data import (
+    TRUNCATIONS,
+    Columns,
+    TextExample,
+    encode_texts,
+    frame,
+    pair_lengths,
+    read_examples,
+    truncate,
+)
 from pipeline.finetune.conll import align_labels, read_conll, word_predictions, write_predictions
 from pipeline.finetune.labels import DataError, LabelMap
 from pipeline.finetune.squad import (
@@ -22,7 +32,7 @@ from pipeline.finetune.squad import (
     read_squad,
     token_span,
 )
-from pipeline.finetune.task import TaskOptions, collate_features
+from pipeline.finetune.task import TEST, VALIDATION, TaskOptions, collate_features
 from preprocessing.tokenizer import SPECIAL_TOKENS, add_pair_template, build_wordpiece
 
 WORDS = ["use", "os", ".", "path", "join", "(", ")", "to", "##s", "the", "module"]
@@ -94,6 +104,88 @@ def test_sentence_pairs_are_segments_a_and_b_truncated_to_fit(tokenizer, tmp_pat
     # 6 + 2 tokens and 3 specials exceed 8: the longer (first) segment gives up tokens.
     assert long.input_ids == ids(tokenizer, "[CLS]", "use", "os", "path", "[SEP]", "the", "module", "[SEP]")
     assert long.token_type_ids == [0, 0, 0, 0, 0, 1, 1, 1] and long.truncated
+
+
+def test_truncation_keeps_the_head_the_tail_or_both():
+    ids = list(range(1, 21))
+    assert truncate(ids, 10, "head") == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert truncate(ids, 10, "tail") == [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+    # A quarter of 10, rounded up, from the head; the other 7 from the tail.
+    assert truncate(ids, 10, "head+tail") == [1, 2, 3, 14, 15, 16, 17, 18, 19, 20]
+    # Sun et al.'s split of BERT's 510 content tokens: 128 + 382.
+    long = list(range(1000))
+    kept = truncate(long, 510, "head+tail")
+    assert kept[:128] == long[:128] and kept[128:] == long[-382:]
+    for mode in TRUNCATIONS:
+        assert truncate(ids, 20, mode) == ids and truncate(ids[:3], 10, mode) == [1, 2, 3]  # short: unchanged
+        assert truncate(ids, 0, mode) == [] and truncate(ids, -1, mode) == []
+    assert truncate(ids, 1, "tail") == [20] and truncate(ids, 1, "head+tail") == [1]
+    with pytest.raises(ValueError, match="unknown truncation 'middle'"):
+        truncate(ids, 10, "middle")
+    from pipeline.cli import build_parser
+
+    required = ["--model", "m", "--train", "t", "--validation", "v", "--output", "o"]
+    for mode in TRUNCATIONS:  # the CLI spells the choices out; they are these
+        args = build_parser().parse_args(["finetune", "classify", *required, "--truncation", mode])
+        assert args.truncation == mode and args.test is None
+
+
+def test_framing_keeps_cls_and_sep_and_cuts_the_longer_text_of_a_pair():
+    special = SpecialIds(cls=101, sep=102)
+    ids = list(range(1, 21))
+    single = frame(ids, None, 12, special, "head+tail")  # 10 tokens between [CLS] and [SEP]
+    assert single.input_ids == [101, 1, 2, 3, 14, 15, 16, 17, 18, 19, 20, 102]
+    assert single.token_type_ids == [0] * 12 and single.truncated
+    assert frame(ids, None, 12, special, "tail").input_ids == [101, *range(11, 21), 102]
+    short = frame([1, 2], [3], 12, special, "tail")
+    assert short.input_ids == [101, 1, 2, 102, 3, 102] and short.token_type_ids == [0, 0, 0, 0, 1, 1]
+    assert not short.truncated
+    # A pair of 20 + 4 in 13 (10 content tokens): the longer text keeps 6, the shorter all 4.
+    pair = frame(ids, [31, 32, 33, 34], 13, special, "tail")
+    assert pair.input_ids == [101, 15, 16, 17, 18, 19, 20, 102, 31, 32, 33, 34, 102]
+    assert pair.token_type_ids == [0] * 8 + [1] * 5 and pair.truncated
+    both = frame(ids, list(range(31, 51)), 13, special, "head+tail")  # 20 + 20: 5 each, head 2 + tail 3
+    assert both.input_ids == [101, 1, 2, 18, 19, 20, 102, 31, 32, 48, 49, 50, 102]
+
+
+def test_pair_lengths_are_the_tokenizers_longest_first():
+    assert pair_lengths(3, 4, 10) == (3, 4)
+    assert pair_lengths(20, 4, 10) == (6, 4) and pair_lengths(4, 20, 10) == (4, 6)
+    assert pair_lengths(20, 20, 9) == (4, 5) and pair_lengths(21, 20, 9) == (5, 4) and pair_lengths(6, 7, 9) == (4, 5)
+
+
+def test_head_truncation_is_the_tokenizers_own(tokenizer):
+    """Every pair of lengths (and every single text) up to 9 tokens, cut to 9 by the tokenizer's longest_first
+    truncation and by `encode_texts`: the same tokens, segments and truncated flags."""
+    words = ["use", "os", "path", "join", "to", "the", "module", "os", "use"]
+    examples = [TextExample(" ".join(words[:a]), None, "x", a) for a in range(1, 10)]
+    examples += [
+        TextExample(" ".join(words[:a]), " ".join(words[::-1][:b]), "x", 0) for a in range(1, 10) for b in range(10)
+    ]
+    tokenizer.enable_truncation(9, strategy="longest_first")
+    reference = [tokenizer.encode(e.text, e.text_pair) for e in examples]
+    tokenizer.no_truncation()
+    for example, expected, got in zip(examples, reference, encode_texts(tokenizer, examples, 9), strict=True):
+        assert (got.input_ids, got.token_type_ids) == (expected.ids, expected.type_ids), example
+        assert got.truncated == bool(expected.overflowing), example
+
+
+def test_classification_truncation_option_and_truncated_counts(tokenizer, tmp_path):
+    from pipeline.finetune.classify import ClassificationTask
+
+    rows = [{"text": "use os path join to the module", "label": "a"}, {"text": "the module", "label": "b"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "dev.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    firsts = {}
+    for mode in TRUNCATIONS:
+        task = ClassificationTask(TaskOptions(max_seq_length=6, truncation=mode))
+        data = task.prepare(tmp_path / "train.jsonl", tmp_path / "dev.jsonl", tokenizer)
+        assert data.counts["truncated_examples"] == 2  # the long text in train and in validation
+        firsts[mode] = data.train[0]["input_ids"]
+    assert firsts["head"] == ids(tokenizer, "[CLS]", "use", "os", "path", "join", "[SEP]")
+    assert firsts["tail"] == ids(tokenizer, "[CLS]", "join", "to", "the", "module", "[SEP]")
+    assert firsts["head+tail"] == ids(tokenizer, "[CLS]", "use", "to", "the", "module", "[SEP]")
+    assert data.train[1]["input_ids"] == ids(tokenizer, "[CLS]", "the", "module", "[SEP]")  # short: whole
 
 
 def test_collate_pads_tokens_and_per_token_labels():
@@ -305,3 +397,91 @@ def test_qa_task_needs_room_for_the_context(tokenizer, tmp_path):
     task = QuestionAnsweringTask(TaskOptions(max_seq_length=64, max_query_length=64))
     with pytest.raises(ValueError, match="--max-query-length 64 leaves no room"):
         task.prepare(Path("unused"), Path("unused"), tokenizer)
+
+
+# -- a test file: encoded as validation is, scored once with its own gold labels -------------------------
+
+
+def test_classification_scores_the_test_split_with_its_own_labels(tokenizer, tmp_path):
+    from pipeline.finetune.classify import ClassificationTask
+
+    def write(name, rows):
+        (tmp_path / name).write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+
+    write("train.jsonl", [("use os", "a"), ("the module", "b")])
+    write("dev.jsonl", [("use os", "a")])
+    write("test.jsonl", [("the module", "b"), ("", "a"), ("os", "b"), ("path", "a")])
+    task = ClassificationTask(TaskOptions())
+    data = task.prepare(tmp_path / "train.jsonl", tmp_path / "dev.jsonl", tokenizer, tmp_path / "test.jsonl")
+    assert [f["labels"] for f in data.test] == [1, 1, 0] and len(data.validation) == 1
+    assert data.counts["test_examples"] == 3 and data.counts["empty_texts_skipped"] == 1
+    # Without a test file the counts are as they always were.
+    alone = ClassificationTask(TaskOptions()).prepare(tmp_path / "train.jsonl", tmp_path / "dev.jsonl", tokenizer)
+    assert alone.test is None and "test_examples" not in alone.counts
+    assert list(alone.counts) == [
+        "train_examples",
+        "validation_examples",
+        "empty_texts_skipped",
+        "truncated_examples",
+        "labels",
+    ]
+
+    logits = [np.array([0.0, 1.0]), np.array([0.0, 1.0]), np.array([0.0, 1.0])]  # always "b"
+    metrics, predictions = task.score([{"logits": row} for row in logits], TEST)
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert predictions == [
+        {"line": 1, "label": "b", "predicted": "b"},
+        {"line": 3, "label": "b", "predicted": "b"},
+        {"line": 4, "label": "a", "predicted": "b"},
+    ]
+    assert task.score([{"logits": logits[0]}], VALIDATION)[0]["accuracy"] == 0.0  # validation's gold is "a"
+    assert task.predictions_name(VALIDATION) == "predictions.jsonl"
+    assert task.predictions_name(TEST) == "test_predictions.jsonl"
+    unseen = tmp_path / "unseen.jsonl"
+    write("unseen.jsonl", [("os", "zzz")])
+    with pytest.raises(DataError, match=r"unseen\.jsonl has labels the training data never has: \['zzz'\]"):
+        task.prepare(tmp_path / "train.jsonl", tmp_path / "dev.jsonl", tokenizer, unseen)
+
+
+def test_ner_writes_the_test_predictions_under_the_test_sentences(tokenizer, tmp_path):
+    from pipeline.finetune.ner import NerTask
+
+    (tmp_path / "train.conll").write_text(CONLL)
+    (tmp_path / "dev.conll").write_text("use O\nos B-MOD\n")
+    (tmp_path / "test.conll").write_text("the O\nmodule O\nos B-MOD\n\nuse O\n")
+    task = NerTask(TaskOptions())
+    data = task.prepare(tmp_path / "train.conll", tmp_path / "dev.conll", tokenizer, tmp_path / "test.conll")
+    assert data.counts["test_sentences"] == 2 and data.counts["validation_sentences"] == 1
+    assert "_word_ids" not in data.test[0]
+    # Token logits that tag every word B-MOD: on the test split, one of two predicted entities is right.
+    b_mod = task.labels.names.index("B-MOD")
+    outputs = [{"predicted": np.full(len(f["input_ids"]), b_mod)} for f in data.test]
+    metrics, tags = task.score(outputs, TEST)
+    assert tags == [["B-MOD", "B-MOD", "B-MOD"], ["B-MOD"]]
+    assert (metrics["precision"], metrics["recall"]) == (0.25, 1.0)
+    task.write_predictions(tags, tmp_path / task.predictions_name(TEST), TEST)
+    written = (tmp_path / "test_predictions.conll").read_text().splitlines()
+    assert written == ["the O B-MOD", "module O B-MOD", "os B-MOD B-MOD", "", "use O B-MOD", ""]
+
+
+def test_the_best_epochs_metrics_are_reported_with_the_test_ones_beside_them():
+    from pipeline.finetune.trainer import final_record, reported_metrics, summary_line
+
+    best = {"value": 0.8, "epoch": 2, "step": 20, "metrics": {"accuracy": 0.8, "macro_f1": 0.75}}
+    test = {"accuracy": 0.7, "macro_f1": 0.65}
+    assert reported_metrics(best["metrics"], None) == {"eval_accuracy": 0.8, "eval_macro_f1": 0.75}
+    assert reported_metrics(best["metrics"], test) == {
+        "eval_accuracy": 0.8,
+        "eval_macro_f1": 0.75,
+        "test_accuracy": 0.7,
+        "test_macro_f1": 0.65,
+    }
+    record = final_record(best, test)
+    assert record["step"] == 20 and record["best_epoch"] == 2 and "epoch" not in record
+    assert record["test_accuracy"] == 0.7 and record["eval_accuracy"] == 0.8
+    summary = {"task": "classify", "best_epoch": 2, "evaluation": best["metrics"], "exported": "out/model"}
+    assert summary_line(summary) == "classify: best epoch 2 (accuracy 0.8000, macro_f1 0.7500) -> out/model"
+    assert summary_line({**summary, "test": test, "registered": "m/1"}) == (
+        "classify: best epoch 2 (accuracy 0.8000, macro_f1 0.7500; test accuracy 0.7000, macro_f1 0.6500) "
+        "-> out/model; registered m/1"
+    )

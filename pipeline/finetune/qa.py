@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from model import BertForQuestionAnswering
 from pipeline.finetune.metrics import squad_scores
 from pipeline.finetune.squad import Feature, Question, SpecialIds, best_answer, build_features, read_squad, trainable
-from pipeline.finetune.task import Task, TaskData
+from pipeline.finetune.task import TEST, VALIDATION, Split, Task, TaskData
 
 
 class QuestionAnsweringTask(Task):
@@ -25,7 +25,9 @@ class QuestionAnsweringTask(Task):
     metric = "f1"
     predictions_file = "predictions.json"
 
-    def prepare(self, train_path: Path, validation_path: Path, tokenizer: Tokenizer) -> TaskData:
+    def prepare(
+        self, train_path: Path, validation_path: Path, tokenizer: Tokenizer, test_path: Path | None = None
+    ) -> TaskData:
         room = self.options.max_seq_length - self.options.max_query_length - 3
         if room < 1:
             raise ValueError(
@@ -33,26 +35,37 @@ class QuestionAnsweringTask(Task):
                 f"--max-seq-length {self.options.max_seq_length} (3 positions go to [CLS] and [SEP]); lower it"
             )
         train, validation = read_squad(train_path), read_squad(validation_path)
+        evaluated = {VALIDATION: validation, **({TEST: read_squad(test_path)} if test_path is not None else {})}
         if self.options.version_2 is None:
+            # Not from the test file: what is held out must not change how the model answers.
             self.version_2 = any(f.unanswerable or f.version.lstrip("v").startswith("2") for f in (train, validation))
         else:
             self.version_2 = self.options.version_2
         special = SpecialIds(tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]"))
         used = [q for q in train.questions if trainable(q)]
         train_windows = self._windows(tokenizer, used, special)
-        self.validation_questions = validation.questions
-        self.validation_windows = self._windows(tokenizer, validation.questions, special)
+        self.questions: dict[Split, list[Question]] = {split: f.questions for split, f in evaluated.items()}
+        self.windows: dict[Split, list[Feature]] = {
+            split: self._windows(tokenizer, questions, special) for split, questions in self.questions.items()
+        }
         counts = {
             "train_questions": len(used),
             "validation_questions": len(validation.questions),
             "misaligned_answers_skipped": train.misaligned_answers,
             "validation_misaligned_answers": validation.misaligned_answers,
-            "unanswerable_questions": train.unanswerable + validation.unanswerable,
+            "unanswerable_questions": train.unanswerable + sum(f.unanswerable for f in evaluated.values()),
             "train_windows": len(train_windows),
-            "validation_windows": len(self.validation_windows),
+            "validation_windows": len(self.windows[VALIDATION]),
         }
-        validation_features = [_inputs(w) for w in self.validation_windows]
-        return TaskData([_inputs(w) for w in train_windows], validation_features, None, counts)
+        if test_path is not None:
+            test = evaluated[TEST]
+            counts |= {
+                "test_questions": len(test.questions),
+                "test_misaligned_answers": test.misaligned_answers,
+                "test_windows": len(self.windows[TEST]),
+            }
+        features = {split: [_inputs(w) for w in windows] for split, windows in self.windows.items()}
+        return TaskData([_inputs(w) for w in train_windows], features[VALIDATION], None, counts, features.get(TEST))
 
     def _windows(self, tokenizer: Tokenizer, questions: list[Question], special: SpecialIds) -> list[Feature]:
         options = self.options
@@ -88,17 +101,20 @@ class QuestionAnsweringTask(Task):
         ends = output.end_logits.float().cpu().numpy()
         return [{"start": s[:n], "end": e[:n]} for s, e, n in zip(starts, ends, lengths, strict=True)]
 
-    def score(self, outputs: Sequence[dict[str, np.ndarray]]) -> tuple[dict[str, float], Any]:
+    def score(
+        self, outputs: Sequence[dict[str, np.ndarray]], split: Split = VALIDATION
+    ) -> tuple[dict[str, float], Any]:
+        windows, questions = self.windows[split], self.questions[split]
         by_question: dict[int, list[int]] = defaultdict(list)
-        for position, feature in enumerate(self.validation_windows):
+        for position, feature in enumerate(windows):
             by_question[feature.question_index].append(position)
         options = self.options
         predictions: dict[str, str] = {}
-        for index, question in enumerate(self.validation_questions):
+        for index, question in enumerate(questions):
             positions = by_question[index]
             answer, _, _ = best_answer(
                 question.context,
-                [self.validation_windows[p] for p in positions],
+                [windows[p] for p in positions],
                 [outputs[p]["start"] for p in positions],
                 [outputs[p]["end"] for p in positions],
                 n_best=options.n_best,
@@ -107,11 +123,11 @@ class QuestionAnsweringTask(Task):
                 null_threshold=options.null_threshold,
             )
             predictions[question.id] = answer
-        gold = {q.id: q.answers for q in self.validation_questions}
+        gold = {q.id: q.answers for q in questions}
         scores = squad_scores(gold, predictions)
         return {"exact_match": scores.exact_match, "f1": scores.f1}, predictions
 
-    def write_predictions(self, predictions: Any, path: Path) -> None:
+    def write_predictions(self, predictions: Any, path: Path, split: Split = VALIDATION) -> None:
         path.write_text(json.dumps(predictions, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 

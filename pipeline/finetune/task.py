@@ -1,8 +1,9 @@
 """What the fine-tuning loop needs from a task, and the padding of task features into batches.
 
 A task turns its files into features (model inputs plus training targets), names the model class and
-the metric that picks the best epoch, and turns the validation logits back into metrics and predictions.
-The loop (`pipeline.finetune.trainer`) knows nothing else about it.
+the metric that picks the best epoch, and turns the logits of an evaluated split (validation after every
+epoch; test, when given, once for the best epoch) back into metrics and predictions. The loop
+(`pipeline.finetune.trainer`) knows nothing else about it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -19,8 +20,12 @@ from tokenizers import Tokenizer
 
 from model.heads import IGNORE_INDEX
 from pipeline.collate import padded_length
+from pipeline.finetune.classification_data import Truncation
 
 ModelInputs = dict[str, Any]  # input_ids, token_type_ids (lists) and the task's targets: one row of a batch
+Split = Literal["validation", "test"]
+VALIDATION: Split = "validation"
+TEST: Split = "test"
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,8 @@ class TaskOptions:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    # classification and NER: a validation label training never saw becomes this one (None: an error)
+    truncation: Truncation = "head"  # which tokens of a long text are kept
+    # classification and NER: a validation or test label training never saw becomes this one (None: an error)
     map_unseen_label: str | None = None
     # QA
     doc_stride: int = 128
@@ -49,6 +55,7 @@ class TaskData:
     validation: list[ModelInputs]
     id2label: dict[int, str] | None = None  # None for heads without label names (QA)
     counts: dict[str, int] = field(default_factory=dict)  # skipped, truncated, ... for the logs and MLflow
+    test: list[ModelInputs] | None = None  # None: no test file
 
 
 class Task(ABC):
@@ -62,19 +69,29 @@ class Task(ABC):
         self.options = options
 
     @abstractmethod
-    def prepare(self, train_path: Path, validation_path: Path, tokenizer: Tokenizer) -> TaskData:
-        """Read and encode both files (the validation side is kept for `score`)."""
+    def prepare(
+        self, train_path: Path, validation_path: Path, tokenizer: Tokenizer, test_path: Path | None = None
+    ) -> TaskData:
+        """Read and encode the files (what `score` needs of the validation and test sides is kept). Labels
+        come from the training file alone, so the test file is encoded as validation is."""
 
     @abstractmethod
     def outputs(self, output: Any, lengths: Sequence[int]) -> list[dict[str, np.ndarray]]:
         """From the model's output for a batch, what `score` needs of each example (`lengths`: its tokens)."""
 
     @abstractmethod
-    def score(self, outputs: Sequence[dict[str, np.ndarray]]) -> tuple[dict[str, float], Any]:
-        """Metrics and predictions from the validation outputs, one entry per validation feature in order."""
+    def score(
+        self, outputs: Sequence[dict[str, np.ndarray]], split: Split = VALIDATION
+    ) -> tuple[dict[str, float], Any]:
+        """Metrics and predictions from the outputs of `split`, one entry per feature of that split in order."""
 
     @abstractmethod
-    def write_predictions(self, predictions: Any, path: Path) -> None: ...
+    def write_predictions(self, predictions: Any, path: Path, split: Split = VALIDATION) -> None: ...
+
+    @classmethod
+    def predictions_name(cls, split: Split) -> str:
+        """The validation predictions keep the task's file name; the test ones are `test_<name>` beside them."""
+        return cls.predictions_file if split == VALIDATION else f"{split}_{cls.predictions_file}"
 
 
 def collate_features(features: Sequence[ModelInputs], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:

@@ -2,8 +2,9 @@
 updated, one process per rank.
 
 resolve the model -> read and encode the task's files -> engine -> epochs of training, each followed by an
-evaluation on the validation file -> the best epoch kept (a DeepSpeed checkpoint, its predictions) ->
-exported as a Hugging Face directory -> registered as `<base>-<task>`, tracked in MLflow throughout.
+evaluation on the validation file -> the best epoch kept (a DeepSpeed checkpoint, its predictions) -> with a
+test file, the best epoch's weights scored once on it -> exported as a Hugging Face directory -> registered
+as `<base>-<task>`, tracked in MLflow throughout.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pipeline.export import export_checkpoint, tokenizer_config
 from pipeline.finetune.classify import ClassificationTask
 from pipeline.finetune.ner import NerTask
 from pipeline.finetune.qa import QuestionAnsweringTask
-from pipeline.finetune.task import Task, TaskData, TaskOptions, collate_features
+from pipeline.finetune.task import TEST, VALIDATION, ModelInputs, Split, Task, TaskData, TaskOptions, collate_features
 from pipeline.metrics import JsonLines
 from pipeline.model_source import ResolvedModel, resolve_model
 from pipeline.schedule import Schedule
@@ -65,6 +66,7 @@ class FinetuneRequest:
     train: str
     validation: str
     output: str
+    test: str | None = None  # scored once, with the weights of the epoch that was best on validation
     options: TaskOptions = field(default_factory=TaskOptions)
     epochs: int = 3
     learning_rate: float | None = None  # None: 5e-5, or the --deepspeed-config file's
@@ -141,8 +143,8 @@ class FineTuner:
         self.request = request
         self.output = Path(request.output)
         check_output(self.output, request.overwrite)
-        for path in (request.train, request.validation):
-            if not Path(path).is_file():
+        for path in (request.train, request.validation, request.test):
+            if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such file")
         registry_uri = None if request.tracking_uri == TRACKING_OFF else request.tracking_uri
         self.source = resolve_model(request.model, registry_uri)
@@ -168,7 +170,8 @@ class FineTuner:
             options = TaskOptions(**{**asdict(options), "max_seq_length": base_config.max_position_embeddings})
         self.options = options
         self.task = TASKS[request.task](options)
-        self.data: TaskData = self.task.prepare(Path(request.train), Path(request.validation), self.tokenizer)
+        test = Path(request.test) if request.test is not None else None
+        self.data: TaskData = self.task.prepare(Path(request.train), Path(request.validation), self.tokenizer, test)
         self.config = base_config.replace(id2label=self.data.id2label) if self.data.id2label else base_config
         self.ds_config, self.optimizer_spec, self.batch_sizes = deepspeed_config.prepare(
             self._deepspeed_config(), self.world_size, self.on_gpu
@@ -238,7 +241,7 @@ class FineTuner:
         try:
             for epoch in range(1, self.request.epochs + 1):
                 self._train_epoch(epoch, metrics)
-                evaluation, predictions = self._evaluate()
+                evaluation, predictions = self._evaluate(self.data.validation, VALIDATION)
                 step = self.engine.global_steps
                 record = {"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in evaluation.items()}}
                 if metrics is not None:
@@ -251,7 +254,13 @@ class FineTuner:
                 if value > best["value"]:
                     best = {"value": value, "epoch": epoch, "step": step, "metrics": evaluation}
                     self._keep_best(step, epoch, evaluation, predictions)
-            summary = self._finish(best)
+            test = self._test(best, self.data.test) if self.data.test is not None else None
+            if test is not None:
+                if metrics is not None:
+                    metrics.write(final_record(best, test))
+                if self.tracker is not None:  # the validation metrics are in the run already, at this step
+                    self.tracker.log_metrics(best["step"], prefixed("test_", test))
+            summary = self._finish(best, test)
             state = "finished"
         finally:
             if metrics is not None:
@@ -312,10 +321,10 @@ class FineTuner:
                 if self.tracker is not None:
                     self.tracker.log_metrics(step, {k: v for k, v in record.items() if k != "step"})
 
-    def _evaluate(self) -> tuple[dict[str, float], Any]:
-        """Every rank runs an equal share of the validation features (padded with repeats, so that ZeRO-3's
-        collectives line up), the outputs are gathered, and every rank scores them (so all agree on the best)."""
-        engine, features = self.engine, self.data.validation
+    def _evaluate(self, features: list[ModelInputs], split: Split) -> tuple[dict[str, float], Any]:
+        """Every rank runs an equal share of the features (padded with repeats, so that ZeRO-3's collectives
+        line up), the outputs are gathered, and every rank scores them (so all agree on the best)."""
+        engine = self.engine
         count = len(features)
         share = math.ceil(count / self.world_size)
         mine = [self.rank + k * self.world_size for k in range(share)]
@@ -334,7 +343,7 @@ class FineTuner:
         everyone: list[Any] = [None] * self.world_size
         dist.all_gather_object(everyone, gathered)
         ordered = sorted((pair for part in everyone for pair in part), key=lambda pair: pair[0])
-        return self.task.score([output for _, output in ordered])
+        return self.task.score([output for _, output in ordered], split)
 
     # -- the best epoch --------------------------------------------------------------------------------
 
@@ -359,9 +368,19 @@ class FineTuner:
             directory = self.output / CHECKPOINTS
             raise CheckpointWriteError(f"the checkpoint of epoch {epoch} could not be written in {directory}")
         if self.rank == 0:
-            self.task.write_predictions(predictions, self.output / self.task.predictions_file)
+            self.task.write_predictions(predictions, self.output / self.task.predictions_name(VALIDATION))
 
-    def _finish(self, best: dict[str, Any]) -> dict[str, Any]:
+    def _test(self, best: dict[str, Any], features: list[ModelInputs]) -> dict[str, float]:
+        """Collective: the best epoch's checkpoint is loaded back (the engine holds the last epoch's weights)
+        and the test file scored once; rank 0 writes its predictions."""
+        checkpointing.load(self.engine, self.output / CHECKPOINTS, checkpointing.tag_for(best["step"]))
+        test, predictions = self._evaluate(features, TEST)
+        if self.rank == 0:
+            log.info("test, epoch %d: %s", best["epoch"], ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+            self.task.write_predictions(predictions, self.output / self.task.predictions_name(TEST), TEST)
+        return test
+
+    def _finish(self, best: dict[str, Any], test: dict[str, float] | None) -> dict[str, Any]:
         """Rank 0 exports the best epoch and registers it; the other ranks wait."""
         summary: dict[str, Any] = {}
         if self.rank == 0:
@@ -376,10 +395,13 @@ class FineTuner:
                 "metric": self.task.metric,
                 "evaluation": best["metrics"],
                 "exported": str(model_dir),
-                "predictions": str(self.output / self.task.predictions_file),
+                "predictions": str(self.output / self.task.predictions_name(VALIDATION)),
                 "counts": self.data.counts,
             }
-            summary["registered"] = self._register(model_dir, best) if self.request.register else None
+            if test is not None:
+                summary["test"] = test
+                summary["test_predictions"] = str(self.output / self.task.predictions_name(TEST))
+            summary["registered"] = self._register(model_dir, best, test) if self.request.register else None
             atomic_write_bytes(self.output / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
             if not self.request.keep_checkpoint:
                 shutil.rmtree(self.output / CHECKPOINTS, ignore_errors=True)
@@ -433,6 +455,11 @@ class FineTuner:
                 "train_sha256": file_sha256(Path(request.train)),
                 "validation": str(Path(request.validation).resolve()),
                 "validation_sha256": file_sha256(Path(request.validation)),
+                **(
+                    {"test": str(Path(request.test).resolve()), "test_sha256": file_sha256(Path(request.test))}
+                    if request.test is not None
+                    else {}
+                ),
                 **self.data.counts,
             },
             "options": asdict(self.options),
@@ -446,7 +473,7 @@ class FineTuner:
             "code": code_version(),
         }
 
-    def _register(self, model_dir: Path, best: dict[str, Any]) -> str | None:
+    def _register(self, model_dir: Path, best: dict[str, Any], test: dict[str, float] | None) -> str | None:
         if self.tracker is None:
             return None
         if self.tracker.run_id is None:
@@ -474,7 +501,7 @@ class FineTuner:
                 name,
                 run_id=self.tracker.run_id,
                 tags=tags,
-                eval_metrics={f"eval_{k}": v for k, v in best["metrics"].items()},
+                eval_metrics=reported_metrics(best["metrics"], test),
                 rule=ChampionRule(f"eval_{self.task.metric}", higher_is_better=True),
             )
         except Exception as error:  # a registry problem must not lose a finished fine-tuning
@@ -491,8 +518,26 @@ class FineTuner:
         return registration.uri + (" (champion)" if registration.champion else "")
 
 
+def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+def reported_metrics(validation: dict[str, float], test: dict[str, float] | None) -> dict[str, float]:
+    """The best epoch's metrics as recorded with the model: eval_* (which chose it), and test_* beside them
+    when a test file was scored (the figure to quote, since validation picked the epoch)."""
+    return {**prefixed("eval_", validation), **prefixed("test_", test or {})}
+
+
+def final_record(best: dict[str, Any], test: dict[str, float]) -> dict[str, Any]:
+    """The last metrics.jsonl record of a run with a test file. `best_epoch` rather than `epoch`, so that
+    readers of the per-epoch records do not count the best one twice."""
+    return {"step": best["step"], "best_epoch": best["epoch"], **reported_metrics(best["metrics"], test)}
+
+
 def summary_line(summary: dict[str, Any]) -> str:
     evaluation = ", ".join(f"{k} {v:.4f}" for k, v in summary["evaluation"].items())
+    if summary.get("test") is not None:
+        evaluation += "; test " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items())
     registered = f"; registered {summary['registered']}" if summary.get("registered") else ""
     return f"{summary['task']}: best epoch {summary['best_epoch']} ({evaluation}) -> {summary['exported']}{registered}"
 
