@@ -35,6 +35,8 @@ TEST_REQUIRE = [
     "ruff>=0.6,<0.18",
     # Reference implementation for the parity tests and the benchmarks; never imported at run time.
     "transformers>=4.45,<6",
+    # transformers' Trainer, the peer of benchmarks/learning.py.
+    "accelerate>=1.1,<2",
 ]
 
 setup(

@@ -222,6 +222,92 @@ def loader(results: Path) -> list[str]:
     ]
 
 
+LEARNING_ARMS = {
+    "ours": "ours (`launch/pretrain.sh`, DeepSpeed)",
+    "peer": "transformers `Trainer`",
+    "random": "random weights (no pretraining)",
+}
+
+
+def mean_std(stats: dict[str, Any] | None, digits: int = 3) -> str:
+    """`mean ± std` over seeds (the mean alone for one seed; `n/a` where there is no figure)."""
+    if not stats or stats.get("mean") is None:
+        return "n/a"
+    std = stats.get("std")
+    return f"{stats['mean']:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def learning(results: Path) -> list[str]:
+    run = json.loads((results / "learning.json").read_text())
+    arms = {name: run["arms"][name]["summary"] for name in LEARNING_ARMS if name in run["arms"]}
+    tune = run["finetune"]
+    rows = []
+    for name, summary in arms.items():
+        final = summary["final"]
+        per_step = summary.get("seconds_per_step")
+        rows.append(
+            [
+                LEARNING_ARMS[name],
+                mean_std(final["mask_loss"]),
+                mean_std(final["mask_unigram_loss"]),
+                mean_std(final["mask_gain"]),
+                mean_std(final["mask_accuracy"]),
+                f"{mean_std(final['nsp_accuracy'])} ({mean_std(final['nsp_majority'])})",
+                mean_std(per_step) if per_step else "",
+                mean_std(summary["downstream"]["accuracy_final"]),
+                mean_std(summary["downstream"]["accuracy_best"]),
+            ]
+        )
+    curve_arms = [name for name in ("ours", "peer") if name in arms]
+    curves = {name: {p["step"]: p for p in arms[name]["curve"]} for name in curve_arms}
+    steps = sorted(set.intersection(*(set(c) for c in curves.values())))
+    curve_rows = [
+        [str(step)]
+        + [
+            cell
+            for name in curve_arms
+            for cell in (mean_std(curves[name][step]["mask_loss"]), mean_std(curves[name][step]["wall_s"], 0))
+        ]
+        for step in steps
+    ]
+    curve_header = ["step"] + [header for name in curve_arms for header in (f"{name} [MASK] loss", f"{name} wall (s)")]
+    seeds = run["seeds"]
+    lines = [
+        f"Machine: {run['machine']}, torch {run['torch']}, transformers {run['transformers']}, deepspeed "
+        f"{run['deepspeed']}. `{run['model']}` from `{run['config']}`, {run['steps']} steps of {run['batch']} "
+        f"sequences ({run['sequences']:,}); ours on {run['ours_ranks']} CPU ranks, the peer in one process with "
+        f"{run['peer_threads']} threads; {len(seeds)} seed(s), mean ± std. "
+        f"Held out: {run['dataset']['validation_samples']:,} pairs. Classifier: {tune['epochs']} epochs, "
+        f"{tune['validation_examples']} validation paragraphs (majority class {tune['majority_share']:.3f}). "
+        "`benchmarks/results/learning.json`, `learning.png`.",
+        "",
+        *table(
+            [
+                "arm",
+                "held-out [MASK] loss",
+                "unigram guess",
+                "gain (nats)",
+                "[MASK] accuracy",
+                "NSP accuracy (majority)",
+                "s / step",
+                "classifier accuracy, last epoch",
+                "classifier, best epoch",
+            ],
+            rows,
+            "lrrrrrrrr",
+        ),
+        "",
+        *table(curve_header, curve_rows, "r" * len(curve_header)),
+    ]
+    ratio = run.get("wall_per_step_ratio_ours_to_peer")
+    if ratio is not None:
+        lines += [
+            "",
+            f"Wall time per training step, ours / transformers: {ratio:.2f}x (start-up and evaluations left out).",
+        ]
+    return lines
+
+
 BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "model_step_cpu": (
         model_step_cpu,
@@ -230,6 +316,7 @@ BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "model_step_gpu": (model_step_gpu, "make bench on a machine with a GPU"),
     "preprocess": (preprocess, "python benchmarks/run_all.py --only preprocess"),
     "loader": (loader, "python benchmarks/run_all.py --only loader"),
+    "learning": (learning, "python benchmarks/run_all.py --only learning"),
 }
 
 

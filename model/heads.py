@@ -3,6 +3,7 @@ pure functions that gather masked positions and turn logits into losses and accu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,26 @@ class BertLMPredictionHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.transform(hidden))
+
+    @torch.no_grad()
+    def init_bias_to_prior(self, log_prior: torch.Tensor) -> None:
+        """Start the output bias at the targets' log-frequencies, centred. Ids without mass (special tokens)
+        start log(vocab_size) below the rarest target, so that all of them together weigh less than it.
+
+        From a zero bias the first thing the MLM loss asks is to lower the logits of rare tokens. Adam moves
+        each of a token's `hidden_size` embedding coordinates as far per step as its one bias value, so that
+        prior is learnt mostly by pushing every rare token's (tied) embedding the same way, and the rare
+        embeddings collapse onto one direction. A bias that already holds the prior leaves nothing to push.
+        """
+        if log_prior.shape != self.bias.shape:
+            raise ValueError(f"log_prior has shape {tuple(log_prior.shape)}, the bias {tuple(self.bias.shape)}")
+        finite = torch.isfinite(log_prior)
+        if not finite.any():
+            raise ValueError("log_prior gives no token a probability")
+        values = log_prior.to(self.bias.dtype)
+        floor = values[finite].min() - math.log(len(values))
+        values = torch.where(finite, values, floor)
+        self.bias.copy_(values - values[finite].mean())
 
 
 class BertPreTrainingHeads(nn.Module):

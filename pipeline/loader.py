@@ -314,3 +314,20 @@ def ignored_copy(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     copy["masked_lm_labels"].fill_(IGNORE_INDEX)
     copy["next_sentence_label"].fill_(IGNORE_INDEX)
     return copy
+
+
+def target_counts(spec: SplitSpec, vocab_size: int, max_samples: int, verify: bool = True) -> np.ndarray:
+    """How often each id is a masked-LM target in the first `max_samples` samples of the split (whole
+    shards, in stored order): the unigram distribution a context-free guess would use."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    dtype = np.dtype(spec.token_dtype)
+    seen = 0
+    for shard, size in enumerate(spec.shard_sizes):
+        if seen >= max_samples:
+            break
+        sha256 = spec.shard_sha256[shard] if verify else None
+        members = read_shard_members(spec.url(shard), size, sha256)
+        targets = np.concatenate([decode_sample(member, dtype).masked_lm_ids for member in members])
+        counts += np.bincount(targets.astype(np.int64), minlength=vocab_size)[:vocab_size]
+        seen += size
+    return counts

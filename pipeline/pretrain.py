@@ -23,8 +23,8 @@ from model.flops import peak_bf16_flops, pretraining_step_flops
 from pipeline import checkpointing, deepspeed_config
 from pipeline.dataset_check import check_against_model, load_manifest
 from pipeline.distributed import init_distributed, node_count
-from pipeline.evaluate import evaluate
-from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_batches, resume_state
+from pipeline.evaluate import evaluate, unigram_log_probs
+from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_batches, resume_state, target_counts
 from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
 from pipeline.model_source import resolve_model
 from pipeline.schedule import Schedule
@@ -38,6 +38,7 @@ STATUS_FILE = "run_status.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 TRACKING_OFF = "off"
+UNIGRAM_SAMPLES = 100_000  # training samples whose targets estimate the unigram baseline
 
 
 class NonFiniteLossError(RuntimeError):
@@ -135,6 +136,12 @@ class Trainer:
             self.config.deepspeed, self.world_size, self.on_gpu
         )
         self.nodes = node_count(self.world_size)
+        special = self.manifest["tokenizer"]["special_token_ids"]
+        self.mask_id = int(special["[MASK]"])
+        counts = target_counts(
+            self.train_spec, self.model_config.vocab_size, UNIGRAM_SAMPLES, self.train.verify_checksums
+        )
+        self.unigram = unigram_log_probs(counts, special.values())  # the context-free guess evaluations compare to
         self.tracker: RunTracker | None = None
         self.best_eval_loss = float("inf")
         self.final_state = "running"
@@ -146,6 +153,8 @@ class Trainer:
 
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         model = BertForPreTraining(self.model_config)
+        if self.train.mlm_bias_init == "unigram":
+            model.cls.predictions.init_bias_to_prior(self.unigram.float())
         if self.init_from and self.resume_tag is None:
             load_initial_weights(model, self.init_from)
         self.engine, self.optimizer, self.lr_scheduler = deepspeed_config.initialize_engine(
@@ -379,7 +388,7 @@ class Trainer:
         """Evaluate on every rank (the result is all-reduced); True when the MLM loss is the run's best yet."""
         if not self.eval_batches:
             return False
-        result = evaluate(self.engine, self.eval_batches, self.engine.device)
+        result = evaluate(self.engine, self.eval_batches, self.engine.device, self.mask_id, self.unigram)
         improved = result.mlm_loss < self.best_eval_loss
         self.best_eval_loss = min(self.best_eval_loss, result.mlm_loss)
         if metrics is not None:
@@ -388,11 +397,15 @@ class Trainer:
             self.tracker.log_metrics(step, result.as_metrics())
         if self.rank == 0:
             log.info(
-                "step %d evaluation: MLM loss %.4f, MLM accuracy %.4f, NSP accuracy %.4f",
+                "step %d evaluation: at [MASK] loss %.4f (unigram guess %.4f: %+.3f nat), accuracy %.4f; "
+                "NSP accuracy %.4f (majority %.4f)",
                 step,
-                result.mlm_loss,
-                result.mlm_accuracy,
+                result.mask_loss,
+                result.kinds["mask"].unigram_loss,
+                result.mask_gain,
+                result.kinds["mask"].accuracy,
                 result.nsp_accuracy,
+                result.nsp_majority,
             )
         return improved
 

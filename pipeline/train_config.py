@@ -15,6 +15,7 @@ from typing import Any
 
 TRAIN_JSON = "train.json"
 DEEPSPEED_JSON = "deepspeed.json"
+MLM_BIAS_INITS = ("unigram", "zeros")
 
 
 class TrainConfigError(ValueError):
@@ -39,6 +40,9 @@ class TrainConfig:
     seed: int = 12345
     loader_workers: int = 2  # DataLoader worker processes per rank; 0 reads in the training process
     shuffle_window_shards: int = 2  # shards shuffled together by one loader worker (held in memory)
+    # "unigram": the MLM output bias starts at the log-frequencies of the training targets (see
+    # BertLMPredictionHead.init_bias_to_prior); "zeros": BERT's original initialisation
+    mlm_bias_init: str = "unigram"
     dynamic_masking: bool = False  # re-mask each sample every epoch from its stored original tokens
     verify_checksums: bool = True  # check each shard's sha256 against the manifest when it is read
     skip_bad_shards: bool = False  # skip (and count) unreadable shards instead of stopping
@@ -60,6 +64,8 @@ class TrainConfig:
                 raise TrainConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if self.shuffle_window_shards < 1:
             raise TrainConfigError(f"shuffle_window_shards must be at least 1, not {self.shuffle_window_shards}")
+        if self.mlm_bias_init not in MLM_BIAS_INITS:
+            raise TrainConfigError(f"mlm_bias_init must be one of {MLM_BIAS_INITS}, not {self.mlm_bias_init!r}")
         if (self.warmup_steps is None) == (self.warmup_proportion is None):
             raise TrainConfigError("give exactly one of warmup_steps and warmup_proportion")
         if self.warmup_proportion is not None and not 0 <= self.warmup_proportion <= 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,76 @@ def test_report_refuses_a_results_md_without_its_markers():
     report = _report()
     with pytest.raises(ValueError, match="lacks the markers <!-- begin model_step_cpu -->"):
         report.render("no markers here\n", ROOT / "benchmarks/results")
+
+
+def _learning():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import learning
+
+    return learning
+
+
+def test_learning_time_per_step_leaves_out_start_up_and_evaluations():
+    learning = _learning()
+    # logged at steps 2, 4, 6 (2 s per step); an evaluation of 3 s after step 4 and one after step 6
+    step_times = {2: 14.0, 4: 18.0, 6: 25.0}
+    per_step = learning.training_seconds_per_step(step_times, {4: 3.0, 6: 5.0})
+    assert per_step == pytest.approx(2.0)
+    assert learning.startup_seconds(step_times, per_step) == pytest.approx(10.0)
+    assert learning.training_seconds_per_step({6: 25.0}, {}) is None
+    assert learning.evaluation_steps(6, 3) == [3, 6] and learning.evaluation_steps(7, 3) == [3, 6, 7]
+    assert learning.logged_steps(7, 3) == [3, 6, 7]
+    assert learning.log_every_for(10, 300) == 10 and learning.log_every_for(10, 3) == 1
+
+
+def test_learning_aggregates_seeds_per_figure_and_per_shared_step():
+    learning = _learning()
+    assert learning.mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2**0.5), "n": 2}
+    assert learning.mean_std([4.0]) == {"mean": 4.0, "std": None, "n": 1}
+    curves = [
+        [{"step": 3, "mask_loss": 6.0, "wall_s": 10.0}, {"step": 6, "mask_loss": 5.0, "wall_s": 20.0}],
+        [{"step": 3, "mask_loss": 7.0, "wall_s": 12.0}],  # a shorter curve: only the shared step counts
+    ]
+    (point,) = learning.aggregate_curves(curves)
+    assert point["step"] == 3 and point["mask_loss"]["mean"] == 6.5 and point["wall_s"]["mean"] == 11.0
+    assert learning.finite_or_none({"a": [float("nan"), 1.0], "b": float("inf")}) == {"a": [None, 1.0], "b": None}
+    assert learning.deepspeed_for_batch({"train_micro_batch_size_per_gpu": 32}, 64, 2) is None
+    changed = learning.deepspeed_for_batch({"train_micro_batch_size_per_gpu": 32, "bf16": {}}, 16, 2)
+    assert changed == {"train_batch_size": 16, "gradient_accumulation_steps": 1, "bf16": {}}
+
+
+@pytest.mark.slow
+def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
+    learning, report = _learning(), _report()
+    out = tmp_path / "results"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/learning.py"), "--steps", "6", "--eval-every", "3", "--seeds", "1",
+         "--finetune-epochs", "1", "--workdir", str(tmp_path / "work"), "--output-dir", str(out)],
+        check=True, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    result = json.loads((out / "learning.json").read_text())
+    assert (out / "learning.png").stat().st_size > 0
+    assert result["cores"] > 0 and result["cpu_model"] and result["sequences"] == 6 * 64
+    assert result["seeds"] == [1] and set(result["arms"]) == {"ours", "peer", "random"}
+    finals = {}
+    for arm, steps in (("ours", [3, 6]), ("peer", [3, 6]), ("random", [0])):
+        (run,) = result["arms"][arm]["runs"]
+        assert [point["step"] for point in run["curve"]] == steps
+        for point in run["curve"]:
+            missing = [key for key in learning.HEADLINE if point[key] is None or not math.isfinite(point[key])]
+            assert not missing, f"{arm} at step {point['step']}: {missing} not finite (null in the JSON)"
+        finals[arm] = run["final"]
+        downstream = run["downstream"]
+        assert 0 <= downstream["accuracy_final"] <= 1 and len(downstream["accuracy_by_epoch"]) == 1
+        summary = result["arms"][arm]["summary"]
+        assert summary["final"]["mask_loss"] == {"mean": run["final"]["mask_loss"], "std": None, "n": 1}
+        if arm != "random":
+            walls = [point["wall_s"] for point in run["curve"]]
+            assert 0 < walls[0] < walls[1] and run["seconds_per_step"] > 0
+    # Every arm is scored on the same held-out positions against the same unigram guess.
+    for key in ("mask_unigram_loss", "mask_tokens", "nsp_majority", "sequences"):
+        assert finals["ours"][key] == pytest.approx(finals["peer"][key], rel=1e-9) == finals["random"][key]
+    per_step = {arm: result["arms"][arm]["runs"][0]["seconds_per_step"] for arm in ("ours", "peer")}
+    assert result["wall_per_step_ratio_ours_to_peer"] == pytest.approx(per_step["ours"] / per_step["peer"])
+    table = "\n".join(report.learning(out))
+    assert "| transformers `Trainer` |" in table and "Wall time per training step, ours / transformers" in table

@@ -109,3 +109,31 @@ def test_gradients_reach_the_tied_embedding_from_both_uses():
     assert grad[unseen_rows].abs().sum() > 0
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
     assert model.cls.predictions.decoder.bias is model.cls.predictions.bias
+
+
+def test_the_output_bias_can_start_at_the_targets_log_prior():
+    config = BertConfig.from_preset("tiny", vocab_size=6)
+    model = BertForPreTraining(config)
+    prior = torch.log(torch.tensor([0.0, 0.0, 0.5, 0.25, 0.125, 0.125]))
+    model.cls.predictions.init_bias_to_prior(prior)
+    bias = model.cls.predictions.bias
+    assert model.cls.predictions.decoder.bias is bias  # still shared with the decoder
+    # the finite part keeps its differences and is centred; ids without mass start log(6) below the rarest
+    centre = torch.log(torch.tensor([0.5, 0.25, 0.125, 0.125])).mean()
+    floor = math.log(0.125) - math.log(6)
+    expected = torch.tensor([floor, floor, math.log(0.5), math.log(0.25), math.log(0.125), math.log(0.125)])
+    assert torch.allclose(bias, expected - centre, atol=1e-6)
+    # with the decoder's weights at zero the model's guess at any position is the prior, up to those ids
+    with torch.no_grad():
+        model.cls.predictions.decoder.weight.zero_()
+    guess = model.cls.predictions(torch.randn(1, 3, config.hidden_size)).softmax(-1)[0, 1]
+    assert torch.allclose(guess[2:] / guess[2:].sum(), prior.exp()[2:], atol=1e-6)
+    assert guess[:2].sum() < guess[5]
+
+
+def test_a_prior_of_the_wrong_size_or_without_mass_is_refused():
+    head = BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=6)).cls.predictions
+    with pytest.raises(ValueError, match="shape"):
+        head.init_bias_to_prior(torch.zeros(5))
+    with pytest.raises(ValueError, match="no token"):
+        head.init_bias_to_prior(torch.full((6,), -math.inf))
