@@ -1,5 +1,7 @@
 """`make demo`'s entry point at its small size: every step runs for real (Beam, DeepSpeed on 2 CPU ranks, a
-sqlite MLflow registry, two fine-tuning runs) and the report is checked against the files behind it."""
+sqlite MLflow registry, fine-tuning from the pretrained model and from random weights on two fractions of the
+labelled data) and the report is checked against the files behind it. The pure parts (the task split, the
+subsets, the aggregation over seeds, the report's layout) are tested in test_demo_downstream.py."""
 
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.demo.__main__ import main as demo_main
-from pipeline.demo.layout import CLASSIFY_VALIDATION, SIZES, DemoLayout
+from pipeline.demo.downstream import percent, plan_runs, subset_size
+from pipeline.demo.layout import CLASSIFY_TEST, CLASSIFY_TRAIN, SIZES, DemoLayout
 from pipeline.demo.layout import ROOT as ROOT_DIR
-from pipeline.demo.report import majority_share
 from pipeline.demo.steps import Step, StepFailed, progress_line, run_step, step_environment
 
-STEP_LOGS = ["vocabulary", "preprocess", "pretrain", "finetune-pretrained", "finetune-scratch"]
+SMALL = SIZES["small"]
+RUNS = plan_runs(SMALL.finetune_fractions, SMALL.finetune_seeds)
+STEP_LOGS = ["vocabulary", "preprocess", "pretrain", *(run.name for run in RUNS)]
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +48,39 @@ def test_small_demo_writes_every_artefact_and_a_report_that_matches_them(small_d
     layout, stdout = small_demo
     summary = json.loads(layout.summary_json.read_text())
     table = layout.summary_markdown.read_text()
+    lines = table.splitlines()
     assert table in stdout
     assert f"MLflow UI: `{summary['mlflow_ui']}`" in table and f"sqlite:///{layout.mlflow}" in summary["mlflow_ui"]
     assert sorted(p.stem for p in layout.logs.glob("*.log")) == sorted(STEP_LOGS)
     assert list(summary["timings_s"]) == STEP_LOGS
+    for number, name in enumerate(STEP_LOGS, 1):
+        assert f"[{number}/{len(STEP_LOGS)}] " in stdout and f"{name}.log)" in stdout
 
-    # Pretraining: the last held-out evaluation is at the last step, on every validation sequence.
-    steps = SIZES["small"].pretrain_steps
+    # Pretraining: the last held-out evaluation is at the last step, on every validation sequence; the
+    # headline is the gain at [MASK] positions over the unigram guess there.
     held_out = summary["pretraining"]["held_out"]
-    assert summary["pretraining"]["steps"] == held_out["step"] == steps
+    assert summary["pretraining"]["steps"] == held_out["step"] == SMALL.pretrain_steps
     assert held_out["eval_sequences"] == summary["dataset"]["validation_sequences"] > 0
-    assert 0 <= held_out["eval_mlm_accuracy"] <= 1 and 0 <= held_out["eval_nsp_accuracy"] <= 1
+    assert 0 < held_out["eval_mask_tokens"] <= held_out["eval_masked_tokens"]
+    for key in ("mask", "keep", "random", "nsp", "mlm"):
+        assert 0 <= held_out[f"eval_{key}_accuracy"] <= 1
+    assert held_out["eval_mask_unigram_loss"] > 0 and held_out["eval_mask_loss"] > 0
+    assert held_out["eval_mask_gain"] == pytest.approx(held_out["eval_mask_unigram_loss"] - held_out["eval_mask_loss"])
     metrics = [json.loads(line) for line in (layout.pretrain / "metrics.jsonl").read_text().splitlines()]
-    assert held_out == [r for r in metrics if "eval_mlm_loss" in r][-1]
+    assert held_out == [r for r in metrics if "eval_mask_gain" in r][-1]
+    assert (
+        f"| **gain over the unigram guess at [MASK] positions, nats** | **{held_out['eval_mask_gain']:.3f}** | 0 |"
+        in lines
+    )
+    assert (
+        f"| loss at [MASK] positions ({held_out['eval_mask_tokens']:,} tokens) | {held_out['eval_mask_loss']:.3f} | "
+        f"{held_out['eval_mask_unigram_loss']:.3f} (unigram guess) |" in lines
+    )
+    assert any(
+        "kept-token positions" in line and "copyable" in line and f"| {held_out['eval_keep_accuracy']:.3f} |" in line
+        for line in lines
+    )
+    assert not any("masked-LM accuracy" in line for line in lines)
 
     # The NSP baseline, recounted from the validation shards with tarfile and msgpack alone.
     labels = []
@@ -64,33 +88,73 @@ def test_small_demo_writes_every_artefact_and_a_report_that_matches_them(small_d
         with tarfile.open(shard) as tar:
             labels += [msgpack.unpackb(tar.extractfile(m).read())["next_sentence_label"] for m in tar.getmembers()]
     assert len(labels) == held_out["eval_sequences"]
-    assert summary["pretraining"]["nsp_majority_share"] == pytest.approx(
-        max(labels.count(0), labels.count(1)) / len(labels)
+    assert held_out["eval_nsp_majority"] == pytest.approx(max(labels.count(0), labels.count(1)) / len(labels))
+    assert (
+        f"| next-sentence accuracy ({held_out['eval_sequences']:,} pairs) | {held_out['eval_nsp_accuracy']:.3f} | "
+        f"{held_out['eval_nsp_majority']:.3f} (majority share) |" in lines
     )
 
-    # The registry: the pretrained champion, the classifier fine-tuned from it; the baseline is not registered.
+    # The task: validation carved from the training file (stratified), the rest for training, the bundled
+    # validation file as the test set; the subset of a fraction below 1 is drawn from the training part.
+    source = [line for line in CLASSIFY_TRAIN.read_text().splitlines() if line.strip()]
+    train, validation = (path.read_text().splitlines() for path in (layout.task_train, layout.task_validation))
+    assert sorted(train + validation) == sorted(source) and not set(train) & set(validation)
+    assert len(validation) == subset_size(len(source), 0.2)
+    assert [json.loads(line)["label"] for line in validation].count("c-api") == len(validation) // 2
+    tuning = summary["finetuning"]
+    test_labels = [json.loads(line)["label"] for line in CLASSIFY_TEST.read_text().splitlines()]
+    assert tuning["examples"] == {
+        "labelled": len(source),
+        "train": len(train),
+        "validation": len(validation),
+        "test": len(test_labels),
+    }
+    assert tuning["test_majority_share"] == 0.5  # balanced
+    assert tuning["fractions"] == list(SMALL.finetune_fractions) and tuning["seeds"] == [0]
+
+    # Every run: the epoch chosen on validation, then the test file scored once; the report's figures are
+    # the runs' own.
     client = MlflowClient(layout.tracking_uri, registry_uri=layout.tracking_uri)
     champion = client.get_model_version_by_alias("bert-demo", "champion")
+    assert [(r["arm"], r["fraction"], r["seed"]) for r in tuning["runs"]] == [(r.arm, r.fraction, r.seed) for r in RUNS]
+    for run, figures in zip(RUNS, tuning["runs"], strict=True):
+        directory = layout.finetune_run(run)
+        own = json.loads((directory / "finetune_summary.json").read_text())
+        records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+        assert own["model"] == "models:/bert-demo@champion" and own["from_scratch"] == (run.arm == "scratch")
+        assert own["base_registry_version"] == f"bert-demo/{champion.version}"
+        assert own["counts"]["train_examples"] == figures["train_examples"] == subset_size(len(train), run.fraction)
+        assert own["counts"]["validation_examples"] == len(validation)
+        assert own["counts"]["test_examples"] == len(test_labels)
+        assert figures["test_accuracy"] == own["test"]["accuracy"] == records[-1]["test_accuracy"]
+        assert figures["best_epoch"] == own["best_epoch"] == records[-1]["best_epoch"]
+        by_epoch = figures["validation_accuracy_by_epoch"]
+        assert len(by_epoch) == SMALL.finetune_epochs and figures["validation_accuracy"] == max(by_epoch)
+        assert 0 <= figures["test_accuracy"] <= 1
+        assert (own["registered"] is not None) == run.registered
+        assert (directory / "model" / "model.safetensors").is_file()
+    for row in tuning["by_fraction"]:
+        arms = {r["arm"]: r["test_accuracy"] for r in tuning["runs"] if r["fraction"] == row["fraction"]}
+        assert row["pretrained"] == {"mean": arms["pretrained"], "std": None, "n": 1}  # one seed: no spread
+        assert row["scratch"] == {"mean": arms["scratch"], "std": None, "n": 1}
+        assert row["gap_points"]["mean"] == pytest.approx(100 * (arms["pretrained"] - arms["scratch"]))
+        assert row["gap_exceeds_twice_std"] is None
+        assert row["train_examples"] == subset_size(len(train), row["fraction"])
+        assert (
+            f"| {percent(row['fraction'])}% ({row['train_examples']}) | {arms['pretrained']:.3f} | "
+            f"{arms['scratch']:.3f} | {row['gap_points']['mean']:+.1f} |" in lines
+        )
+    assert tuning["verdict"] in lines and "one seed" in tuning["verdict"]
+
+    # The registry: the pretrained champion, and the one classifier registered from it.
     assert summary["pretraining"]["champion"]["version"] == int(champion.version)
     assert int(champion.tags["bertpipe.step"]) == summary["pretraining"]["champion"]["step"]
     assert (layout.pretrain / "exports" / f"step{summary['pretraining']['champion']['step']:08d}").is_dir()
     classifier = client.get_model_version_by_alias("bert-demo-classify", "champion")
     assert [v.version for v in client.search_model_versions("name = 'bert-demo-classify'")] == [classifier.version]
-    pretrained = json.loads((layout.finetune_pretrained / "finetune_summary.json").read_text())
-    scratch = json.loads((layout.finetune_scratch / "finetune_summary.json").read_text())
-    assert pretrained["model"] == scratch["model"] == "models:/bert-demo@champion"
-    assert pretrained["base_registry_version"] == f"bert-demo/{champion.version}" and not pretrained["from_scratch"]
-    assert scratch["from_scratch"] and scratch["registered"] is None
-    tuning = summary["finetuning"]
-    assert tuning["pretrained"]["accuracy"] == pretrained["evaluation"]["accuracy"]
-    assert tuning["scratch"]["accuracy"] == scratch["evaluation"]["accuracy"]
-    validation = [json.loads(line)["label"] for line in CLASSIFY_VALIDATION.read_text().splitlines()]
-    assert tuning["validation_examples"] == len(validation) and tuning["majority_share"] == 0.5  # balanced
-    for run in ("pretrained", "scratch"):
-        assert (layout.root / "finetune" / run / "model" / "model.safetensors").is_file()
-        by_epoch = tuning[run]["accuracy_by_epoch"]
-        assert len(by_epoch) == SIZES["small"].finetune_epochs and tuning[run]["accuracy"] == max(by_epoch)
-        assert f"| {tuning[run]['accuracy']:.3f} |" in table
+    registered = tuning["registered_run"]
+    assert (registered["arm"], registered["fraction"], registered["seed"]) == ("pretrained", 1.0, 0)
+    assert registered["registered"].startswith(f"models:/bert-demo-classify/{classifier.version}")
 
     # The PNG: a real image of the size the report draws (15 x 4.5 inches at 100 dpi).
     png = layout.loss_curves.read_bytes()
@@ -182,14 +246,29 @@ def test_progress_line_shows_the_latest_step_and_evaluation(tmp_path):
     )
 
 
-def test_majority_share():
-    assert majority_share(["a", "b", "a", "a"]) == 0.75
-    assert majority_share([1]) == 1.0
-    with pytest.raises(ValueError, match="no labels"):
-        majority_share([])
+def test_progress_line_shows_a_pretraining_evaluation_against_its_baselines(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    records = [
+        {"step": 6, "loss": 7.5},
+        {
+            "step": 6,
+            "eval_mlm_loss": 7.0,
+            "eval_mask_loss": 7.25,
+            "eval_mask_unigram_loss": 7.5,
+            "eval_mask_gain": 0.25,
+            "eval_mask_accuracy": 0.125,
+            "eval_nsp_accuracy": 0.5,
+            "eval_nsp_majority": 0.625,
+        },
+    ]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert progress_line(metrics, 12) == (
+        "step 6/12, loss 7.500; held out (step 6): [MASK] loss 7.250 (unigram guess 7.500, gain 0.250 nats), "
+        "[MASK] accuracy 0.125, NSP accuracy 0.500 (majority 0.625)"
+    )
 
 
-@pytest.mark.parametrize("flag", ["--pretrain-steps", "--finetune-epochs"])
+@pytest.mark.parametrize("flag", ["--pretrain-steps", "--finetune-epochs", "--finetune-seeds"])
 def test_a_count_below_one_is_a_usage_error(flag, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         demo_main(["--output", str(tmp_path / "demo"), flag, "0"])

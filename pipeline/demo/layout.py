@@ -6,6 +6,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.demo.downstream import FinetuneRun, check_fraction, percent
+
 ROOT = Path(__file__).resolve().parents[2]
 PYDOCS = ROOT / "tests" / "data" / "pydocs"
 DEMO_CONFIG = ROOT / "launch" / "configs" / "demo"
@@ -24,6 +26,18 @@ class DemoSize:
     eval_every: int  # pretraining steps between held-out evaluations (each improving one is registered)
     finetune_epochs: int
     finetune_learning_rate: float
+    finetune_fractions: tuple[float, ...]  # of the labelled training examples; 1.0 among them
+    finetune_seeds: int  # each (fraction, arm) is fine-tuned with seeds 0 .. finetune_seeds - 1
+
+    def __post_init__(self) -> None:
+        for fraction in self.finetune_fractions:
+            check_fraction(fraction)
+        if 1.0 not in self.finetune_fractions:
+            raise ValueError("the fractions must include 1.0: that run is the one registered")
+        if list(self.finetune_fractions) != sorted(set(self.finetune_fractions)):
+            raise ValueError(f"the fractions must increase, without repeats: {self.finetune_fractions}")
+        if self.finetune_seeds < 1:
+            raise ValueError(f"at least one fine-tuning seed is needed, got {self.finetune_seeds}")
 
 
 SIZES = {
@@ -34,6 +48,8 @@ SIZES = {
         eval_every=300,
         finetune_epochs=8,
         finetune_learning_rate=3e-4,
+        finetune_fractions=(0.1, 0.3, 1.0),
+        finetune_seeds=3,
     ),
     "small": DemoSize(
         vocab_size=2048,
@@ -42,11 +58,15 @@ SIZES = {
         eval_every=6,
         finetune_epochs=1,
         finetune_learning_rate=3e-4,
+        finetune_fractions=(0.5, 1.0),
+        finetune_seeds=1,
     ),
 }
 CORPUS = PYDOCS / "demo_corpus.txt"
 CLASSIFY_TRAIN = PYDOCS / "tasks" / "classify_train.jsonl"
-CLASSIFY_VALIDATION = PYDOCS / "tasks" / "classify_validation.jsonl"
+CLASSIFY_TEST = PYDOCS / "tasks" / "classify_validation.jsonl"  # files the pretraining corpus leaves out
+VALIDATION_FRACTION = 0.2  # of CLASSIFY_TRAIN, carved out (stratified) to choose the best epoch
+SPLIT_SEED = 0
 MAX_SEQ_LENGTH = 128  # launch/preprocess.sh --phase 1
 
 
@@ -73,12 +93,32 @@ class DemoLayout:
         return self.root / "pretrain"
 
     @property
-    def finetune_pretrained(self) -> Path:
-        return self.root / "finetune" / "pretrained"
+    def tasks(self) -> Path:
+        """The labelled task as the fine-tuning runs read it: training and validation carved from
+        CLASSIFY_TRAIN, and the training subsets of the fractions below 1."""
+        return self.root / "tasks"
 
     @property
-    def finetune_scratch(self) -> Path:
-        return self.root / "finetune" / "scratch"
+    def task_train(self) -> Path:
+        return self.tasks / "classify_train.jsonl"
+
+    @property
+    def task_validation(self) -> Path:
+        return self.tasks / "classify_validation.jsonl"
+
+    def task_subset(self, fraction: float, seed: int) -> Path:
+        """The training file of a run; both arms of a (fraction, seed) read the same one."""
+        if fraction == 1.0:
+            return self.task_train
+        return self.tasks / f"classify_train_{percent(fraction)}pct_seed{seed}.jsonl"
+
+    @property
+    def finetune(self) -> Path:
+        return self.root / "finetune"
+
+    def finetune_run(self, run: FinetuneRun) -> Path:
+        """One run's output; its name is also the MLflow run's name, so it names the arm."""
+        return self.finetune / f"{run.arm}-{percent(run.fraction)}pct-seed{run.seed}"
 
     @property
     def mlflow(self) -> Path:
@@ -111,7 +151,7 @@ class DemoLayout:
 
     def outputs(self) -> list[Path]:
         """Everything the demo writes; `--overwrite` removes these and nothing else."""
-        directories = [self.tokenizer, self.data, self.pretrain, self.root / "finetune", self.mlflow, self.cache]
+        directories = [self.tokenizer, self.data, self.pretrain, self.tasks, self.finetune, self.mlflow, self.cache]
         return [*directories, self.logs, self.summary_markdown, self.summary_json, self.loss_curves]
 
     def existing_outputs(self) -> list[Path]:

@@ -1,48 +1,45 @@
 """The demo's closing report, read from what its steps wrote: the figures as JSON, a table, and a PNG of the
-loss curves."""
+loss curves and of test accuracy against the amount of labelled data."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from pipeline.demo.downstream import (
+    ARMS,
+    Comparison,
+    FinetuneRun,
+    RunResult,
+    Spread,
+    compare,
+    majority_share,
+    percent,
+    signed_points,
+    verdict,
+)
 from pipeline.demo.layout import (
     CLASSIFIER_MODEL,
-    CLASSIFY_VALIDATION,
+    CLASSIFY_TEST,
+    CLASSIFY_TRAIN,
     CORPUS,
     REGISTERED_MODEL,
+    VALIDATION_FRACTION,
     DemoLayout,
 )
 from pipeline.metrics import read_json_lines
 from pipeline.registry import CHAMPION, TAG_PREFIX
-from pipeline.shard_reader import read_shard_members
-from preprocessing.shards import decode_sample
+
+TASK = "classify: tutorial or c-api paragraph"
+ARM_TITLES = {"pretrained": "from the pretrained model", "scratch": "from random weights"}
 
 
-def majority_share(labels: Iterable[Hashable]) -> float:
-    """The accuracy of always answering the most frequent label."""
-    counts = Counter(labels)
-    total = sum(counts.values())
-    if not total:
-        raise ValueError("no labels to count")
-    return max(counts.values()) / total
-
-
-def nsp_labels(dataset: Path, split: str = "validation") -> list[int]:
-    """The next-sentence labels of one split of a dataset, in stored order."""
-    manifest = json.loads((dataset / "manifest.json").read_text(encoding="utf-8"))
-    dtype = np.dtype(manifest["token_dtype"])
-    labels = []
-    for shard in manifest["splits"][split]["shards"]:
-        for member in read_shard_members(str(dataset / shard["name"]), shard["samples"], shard["sha256"]):
-            labels.append(decode_sample(member, dtype).next_sentence_label)
-    return labels
+def read_labels(path: Path) -> list[str]:
+    return [json.loads(line)["label"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def registry_state(tracking_uri: str, names: Iterable[str]) -> dict[str, Any]:
@@ -64,21 +61,22 @@ def registry_state(tracking_uri: str, names: Iterable[str]) -> dict[str, Any]:
     return state
 
 
-def collect(layout: DemoLayout, timings: dict[str, float]) -> dict[str, Any]:
+def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, float], epochs: int) -> dict[str, Any]:
     """Every figure of the report, from the files the steps wrote and the MLflow registry."""
     manifest = json.loads((layout.dataset / "manifest.json").read_text(encoding="utf-8"))
     pretraining = read_json_lines(layout.pretrain / "metrics.jsonl")
-    evaluations = [r for r in pretraining if "eval_mlm_loss" in r]
+    evaluations = [r for r in pretraining if "eval_mask_gain" in r]
     if not evaluations:
         raise ValueError(f"{layout.pretrain / 'metrics.jsonl'} holds no evaluation")
     registry = registry_state(layout.tracking_uri, [REGISTERED_MODEL, CLASSIFIER_MODEL])
     champion = registry[REGISTERED_MODEL]["aliases"][CHAMPION]
     champion_tags = next(v["tags"] for v in registry[REGISTERED_MODEL]["versions"] if v["version"] == champion)
-    finetuned = {
-        run: json.loads((directory / "finetune_summary.json").read_text(encoding="utf-8"))
-        for run, directory in (("pretrained", layout.finetune_pretrained), ("scratch", layout.finetune_scratch))
-    }
-    validation_labels = [json.loads(line)["label"] for line in CLASSIFY_VALIDATION.read_text().splitlines() if line]
+    finished = [run_figures(layout, run) for run in runs]
+    train_examples = {figures["fraction"]: figures["train_examples"] for figures in finished}
+    results = [RunResult(f["arm"], f["fraction"], f["seed"], f["test_accuracy"]) for f in finished]
+    comparisons = compare(results, train_examples)
+    registered = next(f for f, run in zip(finished, runs, strict=True) if run.registered)
+    test_labels = read_labels(CLASSIFY_TEST)
     return {
         "corpus": {
             "path": str(CORPUS),
@@ -94,25 +92,25 @@ def collect(layout: DemoLayout, timings: dict[str, float]) -> dict[str, Any]:
         "pretraining": {
             "steps": max(r["step"] for r in pretraining),
             "held_out": evaluations[-1],
-            "nsp_majority_share": majority_share(nsp_labels(layout.dataset)),
             "champion": {"name": REGISTERED_MODEL, "version": champion, "step": int(champion_tags["step"])},
         },
         "finetuning": {
-            "task": "classify: tutorial or c-api paragraph",
-            "validation_examples": len(validation_labels),
-            "majority_share": majority_share(validation_labels),
-            **{
-                run: {
-                    "accuracy": summary["evaluation"]["accuracy"],
-                    "macro_f1": summary["evaluation"]["macro_f1"],
-                    "best_epoch": summary["best_epoch"],
-                    "accuracy_by_epoch": epoch_accuracies(directory / "metrics.jsonl"),
-                    "model": summary["exported"],
-                }
-                for (run, summary), directory in zip(
-                    finetuned.items(), (layout.finetune_pretrained, layout.finetune_scratch), strict=True
-                )
+            "task": TASK,
+            "epochs": epochs,
+            "examples": {
+                "labelled": len(read_labels(CLASSIFY_TRAIN)),
+                "train": len(read_labels(layout.task_train)),
+                "validation": len(read_labels(layout.task_validation)),
+                "test": len(test_labels),
             },
+            "validation_fraction": VALIDATION_FRACTION,
+            "test_majority_share": majority_share(test_labels),
+            "fractions": sorted(train_examples),
+            "seeds": sorted({run.seed for run in runs}),
+            "by_fraction": [comparison_figures(c) for c in comparisons],
+            "verdict": verdict(comparisons),
+            "registered_run": registered,
+            "runs": finished,
         },
         "registry": registry,
         "artefacts": {
@@ -120,8 +118,9 @@ def collect(layout: DemoLayout, timings: dict[str, float]) -> dict[str, Any]:
             "dataset": str(layout.dataset),
             "pretraining_run": str(layout.pretrain),
             "exported_champion": str(layout.pretrain / "exports" / f"step{int(champion_tags['step']):08d}"),
-            "finetuned_pretrained": finetuned["pretrained"]["exported"],
-            "finetuned_scratch": finetuned["scratch"]["exported"],
+            "task_files": str(layout.tasks),
+            "finetuning_runs": str(layout.finetune),
+            "registered_classifier": registered["model"],
             "mlflow_store": str(layout.mlflow),
             "loss_curves": str(layout.loss_curves),
             "logs": str(layout.logs),
@@ -131,9 +130,40 @@ def collect(layout: DemoLayout, timings: dict[str, float]) -> dict[str, Any]:
     }
 
 
+def run_figures(layout: DemoLayout, run: FinetuneRun) -> dict[str, Any]:
+    """One fine-tuning run: its test figures (the epoch chosen on validation) and its curve."""
+    directory = layout.finetune_run(run)
+    summary = json.loads((directory / "finetune_summary.json").read_text(encoding="utf-8"))
+    return {
+        "arm": run.arm,
+        "fraction": run.fraction,
+        "seed": run.seed,
+        "train_examples": summary["counts"]["train_examples"],
+        "test_accuracy": summary["test"]["accuracy"],
+        "test_macro_f1": summary["test"]["macro_f1"],
+        "validation_accuracy": summary["evaluation"]["accuracy"],
+        "best_epoch": summary["best_epoch"],
+        "validation_accuracy_by_epoch": epoch_accuracies(directory / "metrics.jsonl"),
+        "model": summary["exported"],
+        "registered": summary["registered"],
+        "output": str(directory),
+    }
+
+
+def comparison_figures(comparison: Comparison) -> dict[str, Any]:
+    return {
+        "fraction": comparison.fraction,
+        "train_examples": comparison.train_examples,
+        **{arm: asdict(getattr(comparison, arm)) for arm in ARMS},
+        "gap_points": asdict(comparison.gap_points),
+        "gap_exceeds_twice_std": comparison.clear,
+    }
+
+
 def epoch_accuracies(metrics: Path) -> list[float]:
-    """Held-out accuracy after each epoch of a fine-tuning run, in epoch order."""
-    records = [r for r in read_json_lines(metrics) if "eval_accuracy" in r]
+    """Validation accuracy after each epoch of a fine-tuning run, in epoch order (the closing test record,
+    which has `best_epoch` and no `epoch`, left out)."""
+    records = [r for r in read_json_lines(metrics) if "eval_accuracy" in r and "epoch" in r]
     return [r["eval_accuracy"] for r in sorted(records, key=lambda r: r["epoch"])]
 
 
@@ -148,16 +178,91 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
-def finetune_row(run: dict[str, Any]) -> str:
-    by_epoch = " ".join(f"{a:.2f}" for a in run["accuracy_by_epoch"])
-    return f"{run['accuracy']:.3f} | {run['macro_f1']:.3f} | {run['best_epoch']} | {by_epoch} |"
+def accuracy_cell(figures: dict[str, Any]) -> str:
+    """A Spread's figures as '0.656 ± 0.021', or '0.656' from one seed."""
+    text = f"{figures['mean']:.3f}"
+    return text if figures["std"] is None else f"{text} ± {figures['std']:.3f}"
+
+
+def gap_cell(figures: dict[str, Any]) -> str:
+    return signed_points(Spread(**figures))
+
+
+def step_times(timings: dict[str, float]) -> str:
+    """The pipeline's steps one by one, the fine-tuning runs together."""
+    tuning = [seconds for name, seconds in timings.items() if name.startswith("finetune-")]
+    parts = [f"{name} {_duration(s)}" for name, s in timings.items() if not name.startswith("finetune-")]
+    if tuning:
+        each = f"{_duration(min(tuning))}-{_duration(max(tuning))} each" if len(tuning) > 1 else "one run"
+        parts.append(f"{len(tuning)} fine-tuning runs {_duration(sum(tuning))} ({each})")
+    return "Step times: " + ", ".join(parts) + f"; in all {_duration(sum(timings.values()))}."
+
+
+def pretraining_lines(summary: dict[str, Any]) -> list[str]:
+    held_out, dataset = summary["pretraining"]["held_out"], summary["dataset"]
+    return [
+        f"Pretraining, held out at step {held_out['step']} ({held_out['eval_sequences']:,} sequences the model "
+        f"never trained on). The headline is the gain at [MASK] positions over the best context-free guess (the "
+        f"training tokens' unigram frequencies) at the same positions: above 0, the model uses the context.",
+        "",
+        f"| held-out pretraining evaluation (step {held_out['step']}) | model | context-free baseline |",
+        "|---|---:|---:|",
+        f"| **gain over the unigram guess at [MASK] positions, nats** | **{held_out['eval_mask_gain']:.3f}** | 0 |",
+        f"| loss at [MASK] positions ({held_out['eval_mask_tokens']:,} tokens) | {held_out['eval_mask_loss']:.3f} | "
+        f"{held_out['eval_mask_unigram_loss']:.3f} (unigram guess) |",
+        f"| accuracy at [MASK] positions | {held_out['eval_mask_accuracy']:.3f} | |",
+        f"| accuracy at kept-token positions (the input shows the answer: copyable) | "
+        f"{held_out['eval_keep_accuracy']:.3f} | |",
+        f"| accuracy at random-token positions | {held_out['eval_random_accuracy']:.3f} | |",
+        f"| next-sentence accuracy ({held_out['eval_sequences']:,} pairs) | {held_out['eval_nsp_accuracy']:.3f} | "
+        f"{held_out['eval_nsp_majority']:.3f} (majority share) |",
+        f"| accuracy at all predicted positions ([MASK], kept and random: {held_out['eval_masked_tokens']:,}) | "
+        f"{held_out['eval_mlm_accuracy']:.3f} | |",
+        "",
+        f"({dataset['train_sequences']:,} training sequences; the step's training metrics are in "
+        f"`{summary['artefacts']['pretraining_run']}/metrics.jsonl`.)",
+    ]
+
+
+def finetuning_lines(summary: dict[str, Any]) -> list[str]:
+    tune, champion = summary["finetuning"], summary["pretraining"]["champion"]
+    examples, seeds = tune["examples"], len(tune["seeds"])
+    spread_note = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
+    registered = tune["registered_run"]
+    epochs = f"{tune['epochs']} epoch{'s' if tune['epochs'] > 1 else ''}"
+    lines = [
+        f"Fine-tuning ({tune['task']}): {examples['labelled']} labelled paragraphs, of which "
+        f"{examples['validation']} ({percent(tune['validation_fraction'])}%, by label) are held back to choose the "
+        f"best of {epochs} and {examples['train']} are for training; each run is scored once on "
+        f"{examples['test']} test paragraphs from files the pretraining corpus leaves out. Test accuracy, "
+        f"{spread_note}; both columns of a row train on the same examples.",
+        "",
+        f"| labelled training examples | from `models:/{champion['name']}@champion` (version {champion['version']}, "
+        f"step {champion['step']}) | from random weights | gap, accuracy points |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in tune["by_fraction"]:
+        lines.append(
+            f"| {percent(row['fraction'])}% ({row['train_examples']}) | {accuracy_cell(row['pretrained'])} | "
+            f"{accuracy_cell(row['scratch'])} | {gap_cell(row['gap_points'])} |"
+        )
+    lines += [
+        f"| majority class | {tune['test_majority_share']:.3f} | {tune['test_majority_share']:.3f} | |",
+        "",
+        tune["verdict"],
+        "",
+        f"The run registered as `{CLASSIFIER_MODEL}` (100%, seed {registered['seed']}, from the pretrained "
+        f"model): test accuracy {registered['test_accuracy']:.3f}, macro-F1 {registered['test_macro_f1']:.3f}, "
+        f"epoch {registered['best_epoch']} chosen on validation ({registered['validation_accuracy']:.3f}).",
+    ]
+    return lines
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    """The report as Markdown: held-out pretraining figures, fine-tuning pretrained against scratch, artefacts."""
-    corpus, dataset, pre, tune = summary["corpus"], summary["dataset"], summary["pretraining"], summary["finetuning"]
-    held_out, champion = pre["held_out"], pre["champion"]
-    registry = summary["registry"]
+    """The report as Markdown: held-out pretraining figures, fine-tuning pretrained against random weights at
+    each amount of labelled data, artefacts."""
+    corpus, dataset, champion = summary["corpus"], summary["dataset"], summary["pretraining"]["champion"]
+    registry, artefacts = summary["registry"], summary["artefacts"]
     classifier_aliases = registry[CLASSIFIER_MODEL]["aliases"]
     lines = [
         "# bertpipe demo",
@@ -166,41 +271,27 @@ def summary_table(summary: dict[str, Any]) -> str:
         f"{dataset['train_sequences']:,} training and {dataset['validation_sequences']:,} held-out sequences "
         f"(max 128 tokens) in {dataset['shards']} shards.",
         "",
-        f"| held-out pretraining evaluation (step {held_out['step']}) | value | majority-class baseline |",
-        "|---|---:|---:|",
-        f"| masked-LM accuracy ({held_out['eval_masked_tokens']:,} masked tokens) | "
-        f"{held_out['eval_mlm_accuracy']:.3f} | |",
-        f"| masked-LM loss | {held_out['eval_mlm_loss']:.3f} | |",
-        f"| next-sentence accuracy ({held_out['eval_sequences']:,} pairs) | {held_out['eval_nsp_accuracy']:.3f} | "
-        f"{pre['nsp_majority_share']:.3f} |",
+        *pretraining_lines(summary),
         "",
-        f"| fine-tuned classifier, {tune['task']} ({tune['validation_examples']} held-out paragraphs) "
-        "| accuracy | macro-F1 | best epoch | accuracy after each epoch |",
-        "|---|---:|---:|---:|---|",
-        f"| from `models:/{champion['name']}@champion` (version {champion['version']}, step {champion['step']}) | "
-        + finetune_row(tune["pretrained"]),
-        "| from random weights | " + finetune_row(tune["scratch"]),
-        f"| majority class | {tune['majority_share']:.3f} | | | |",
+        *finetuning_lines(summary),
         "",
         "| artefact | where |",
         "|---|---|",
-        f"| WordPiece vocabulary | `{summary['artefacts']['tokenizer']}` |",
-        f"| shards, manifest.json | `{summary['artefacts']['dataset']}` |",
-        f"| pretraining run: checkpoints, metrics.jsonl | `{summary['artefacts']['pretraining_run']}` |",
-        f"| champion exported for Hugging Face | `{summary['artefacts']['exported_champion']}` |",
+        f"| WordPiece vocabulary | `{artefacts['tokenizer']}` |",
+        f"| shards, manifest.json | `{artefacts['dataset']}` |",
+        f"| pretraining run: checkpoints, metrics.jsonl | `{artefacts['pretraining_run']}` |",
+        f"| champion exported for Hugging Face | `{artefacts['exported_champion']}` |",
         f"| registered pretrained model | `models:/{REGISTERED_MODEL}@champion` = version {champion['version']} of "
         f"{len(registry[REGISTERED_MODEL]['versions'])} |",
+        f"| the task's training, validation and subset files | `{artefacts['task_files']}` |",
+        f"| fine-tuning runs (`<arm>-<percent>pct-seed<seed>`) | `{artefacts['finetuning_runs']}` |",
         f"| registered classifier | `models:/{CLASSIFIER_MODEL}@champion` = version "
-        f"{classifier_aliases.get(CHAMPION, '-')} |",
-        f"| fine-tuned classifiers | `{summary['artefacts']['finetuned_pretrained']}`, "
-        f"`{summary['artefacts']['finetuned_scratch']}` |",
-        f"| MLflow store (runs, metrics, models) | `{summary['artefacts']['mlflow_store']}` |",
-        f"| loss curves | `{summary['artefacts']['loss_curves']}` |",
-        f"| each step's log | `{summary['artefacts']['logs']}` |",
+        f"{classifier_aliases.get(CHAMPION, '-')}, `{artefacts['registered_classifier']}` |",
+        f"| MLflow store (runs, metrics, models) | `{artefacts['mlflow_store']}` |",
+        f"| loss and accuracy curves | `{artefacts['loss_curves']}` |",
+        f"| each step's log | `{artefacts['logs']}` |",
         "",
-        "Step times: "
-        + ", ".join(f"{name} {_duration(s)}" for name, s in summary["timings_s"].items())
-        + f"; in all {_duration(sum(summary['timings_s'].values()))}.",
+        step_times(summary["timings_s"]),
         "",
         f"MLflow UI: `{summary['mlflow_ui']}`, then open http://127.0.0.1:5000",
         "",
@@ -209,37 +300,74 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def plot_loss_curves(layout: DemoLayout, summary: dict[str, Any]) -> Path:
-    """Three panels: pretraining losses (training and held-out), fine-tuning loss and held-out accuracy per
-    epoch, pretrained against random weights."""
+    """Three panels: pretraining losses with the held-out [MASK] loss against the unigram guess there; test
+    accuracy against the fraction of labelled data, both arms, with their std over seeds; validation accuracy
+    per epoch of the runs on every training example."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullLocator
 
     pretraining = read_json_lines(layout.pretrain / "metrics.jsonl")
     train = [r for r in pretraining if "loss" in r]
-    held_out = [r for r in pretraining if "eval_mlm_loss" in r]
-    runs = {"pretrained": layout.finetune_pretrained, "from scratch": layout.finetune_scratch}
-    tuning = {name: read_json_lines(directory / "metrics.jsonl") for name, directory in runs.items()}
+    held_out = [r for r in pretraining if "eval_mask_gain" in r]
+    tune = summary["finetuning"]
+    colours = {"pretrained": "tab:blue", "scratch": "tab:orange"}
 
-    figure, (pre_axes, loss_axes, accuracy_axes) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
+    figure, (pre_axes, data_axes, epoch_axes) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
     pre_axes.plot([r["step"] for r in train], [r["mlm_loss"] for r in train], label="MLM loss (training)")
     pre_axes.plot([r["step"] for r in train], [r["nsp_loss"] for r in train], label="NSP loss (training)")
+    eval_steps = [r["step"] for r in held_out]
+    pre_axes.plot(eval_steps, [r["eval_mask_loss"] for r in held_out], "o-", label="[MASK] loss (held out)")
     pre_axes.plot(
-        [r["step"] for r in held_out], [r["eval_mlm_loss"] for r in held_out], "o--", label="MLM loss (held out)"
+        eval_steps,
+        [r["eval_mask_unigram_loss"] for r in held_out],
+        "s--",
+        color="grey",
+        label="unigram guess at the same [MASK] positions",
     )
-    pre_axes.set(title="Pretraining", xlabel="step", ylabel="loss")
-    for name, records in tuning.items():
-        losses = [r for r in records if "loss" in r]
-        loss_axes.plot([r["step"] for r in losses], [r["loss"] for r in losses], label=name)
-        epochs = [r for r in records if "eval_accuracy" in r]
-        accuracy_axes.plot([r["epoch"] for r in epochs], [r["eval_accuracy"] for r in epochs], "o-", label=name)
-    loss_axes.set(title="Fine-tuning: training loss", xlabel="step", ylabel="cross-entropy")
-    accuracy_axes.axhline(summary["finetuning"]["majority_share"], color="grey", linestyle=":", label="majority")
-    accuracy_axes.set(title="Fine-tuning: held-out accuracy", xlabel="epoch", ylabel="accuracy")
-    for axes in (pre_axes, loss_axes, accuracy_axes):
+    pre_axes.set(title="Pretraining", xlabel="step", ylabel="loss (nats)")
+
+    rows = tune["by_fraction"]
+    fractions = [row["fraction"] for row in rows]
+    for offset, arm in zip((0.97, 1.03), ARMS, strict=True):
+        data_axes.errorbar(
+            [f * offset for f in fractions],
+            [row[arm]["mean"] for row in rows],
+            yerr=[row[arm]["std"] or 0.0 for row in rows],
+            fmt="o-",
+            capsize=4,
+            color=colours[arm],
+            label=ARM_TITLES[arm],
+        )
+    data_axes.axhline(tune["test_majority_share"], color="grey", linestyle=":", label="majority class")
+    data_axes.set_xscale("log")
+    data_axes.xaxis.set_minor_locator(NullLocator())
+    data_axes.set_xticks(fractions, [f"{percent(row['fraction'])}%\n({row['train_examples']})" for row in rows])
+    seeds = len(tune["seeds"])
+    data_axes.set(
+        title=f"Fine-tuning: test accuracy ({seeds} seed{'s' if seeds > 1 else ''}, ± std)",
+        xlabel="labelled training examples",
+        ylabel="accuracy",
+    )
+
+    for arm in ARMS:
+        curves = [r["validation_accuracy_by_epoch"] for r in tune["runs"] if r["arm"] == arm and r["fraction"] == 1.0]
+        for index, curve in enumerate(curves):
+            epoch_axes.plot(
+                range(1, len(curve) + 1),
+                curve,
+                "o-",
+                color=colours[arm],
+                alpha=1.0 if len(curves) == 1 else 0.6,
+                label=ARM_TITLES[arm] if index == 0 else None,
+            )
+    epoch_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epoch_axes.set(title="Fine-tuning on 100%: validation accuracy per epoch", xlabel="epoch", ylabel="accuracy")
+    for axes in (pre_axes, data_axes, epoch_axes):
         axes.grid(alpha=0.3)
-        axes.legend()
+        axes.legend(fontsize="small")
     figure.tight_layout()
     layout.loss_curves.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(layout.loss_curves)

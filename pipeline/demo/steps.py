@@ -3,6 +3,7 @@ subprocesses, each writing its output to `<demo>/logs/<step>.log`."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,14 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model.checkpoint import atomic_write_bytes
+from pipeline.demo.downstream import FinetuneRun, carve_validation, percent, plan_runs, subset_indices, subset_size
 from pipeline.demo.layout import (
+    CLASSIFIER_MODEL,
+    CLASSIFY_TEST,
     CLASSIFY_TRAIN,
-    CLASSIFY_VALIDATION,
     CORPUS,
     DEMO_CONFIG,
     MAX_SEQ_LENGTH,
     REGISTERED_MODEL,
     ROOT,
+    SPLIT_SEED,
+    VALIDATION_FRACTION,
     DemoLayout,
     DemoSize,
 )
@@ -44,6 +50,7 @@ class Step:
     env: dict[str, str] = field(default_factory=dict)
     metrics: Path | None = None  # a metrics.jsonl to report progress from while the step runs
     total_steps: int | None = None
+    run: FinetuneRun | None = None  # for the fine-tuning steps
 
 
 # What would send the launch scripts to other machines: the demo runs on this one.
@@ -63,6 +70,7 @@ def step_environment(layout: DemoLayout, base: dict[str, str]) -> dict[str, str]
 
 
 def demo_steps(layout: DemoLayout, size: DemoSize) -> list[Step]:
+    """Vocabulary, Beam job, pretraining, then one fine-tuning step per (seed, fraction, arm)."""
     tracking = ["--tracking-uri", layout.tracking_uri]
     vocabulary = [sys.executable, "-m", "pipeline.cli", "tokenizer", "train", "--input", str(CORPUS)]
     vocabulary += ["--vocab-size", str(size.vocab_size), "--out", str(layout.tokenizer)]
@@ -78,12 +86,7 @@ def demo_steps(layout: DemoLayout, size: DemoSize) -> list[Step]:
     pretrain += ["--set", f"train_steps={size.pretrain_steps}", "--set", f"eval_every={size.eval_every}"]
     pretrain += ["--set", f"checkpoint_every={size.eval_every}"]
 
-    finetune = [str(ROOT / "launch" / "finetune.sh"), "classify", "--model", f"models:/{REGISTERED_MODEL}@champion"]
-    finetune += ["--train", str(CLASSIFY_TRAIN), "--validation", str(CLASSIFY_VALIDATION), *tracking]
-    finetune += ["--epochs", str(size.finetune_epochs), "--learning-rate", str(size.finetune_learning_rate)]
-    finetune += ["--batch-size", str(FINETUNE_BATCH_SIZE), "--max-seq-length", str(MAX_SEQ_LENGTH), "--log-every", "1"]
-    finetune_steps = size.finetune_epochs * -(-count_lines(CLASSIFY_TRAIN) // FINETUNE_BATCH_SIZE)
-    return [
+    steps = [
         Step("vocabulary", f"WordPiece vocabulary of {size.vocab_size:,} tokens from {CORPUS.name}", vocabulary),
         Step(
             "preprocess",
@@ -98,21 +101,79 @@ def demo_steps(layout: DemoLayout, size: DemoSize) -> list[Step]:
             metrics=layout.pretrain / "metrics.jsonl",
             total_steps=size.pretrain_steps,
         ),
-        Step(
-            "finetune-pretrained",
-            f"classifier fine-tuned from models:/{REGISTERED_MODEL}@champion",
-            [*finetune, "--output", str(layout.finetune_pretrained)],
-            metrics=layout.finetune_pretrained / "metrics.jsonl",
-            total_steps=finetune_steps,
-        ),
-        Step(
-            "finetune-scratch",
-            "the same classifier from random weights (baseline)",
-            [*finetune, "--from-scratch", "--no-register", "--output", str(layout.finetune_scratch)],
-            metrics=layout.finetune_scratch / "metrics.jsonl",
-            total_steps=finetune_steps,
-        ),
     ]
+    train_examples = training_examples(count_lines(CLASSIFY_TRAIN))
+    for run in plan_runs(size.finetune_fractions, size.finetune_seeds):
+        examples = subset_size(train_examples, run.fraction)
+        steps.append(
+            Step(
+                run.name,
+                finetune_title(run, examples),
+                finetune_command(layout, size, run),
+                metrics=layout.finetune_run(run) / "metrics.jsonl",
+                total_steps=size.finetune_epochs * -(-examples // FINETUNE_BATCH_SIZE),
+                run=run,
+            )
+        )
+    return steps
+
+
+def training_examples(labelled: int) -> int:
+    """What is left for training of the labelled examples once the validation split is carved out."""
+    return labelled - subset_size(labelled, VALIDATION_FRACTION)
+
+
+def finetune_title(run: FinetuneRun, examples: int) -> str:
+    start = f"models:/{REGISTERED_MODEL}@champion" if run.arm == "pretrained" else "random weights (baseline)"
+    title = f"classifier from {start}, {percent(run.fraction)}% of the training examples ({examples}), seed {run.seed}"
+    return title + (f", registered as {CLASSIFIER_MODEL}" if run.registered else "")
+
+
+def finetune_command(layout: DemoLayout, size: DemoSize, run: FinetuneRun) -> list[str]:
+    """`launch/finetune.sh classify`: the epoch chosen on the carved validation split, then scored once on
+    the test file. Every run is tracked in the demo's store; only the registered run registers."""
+    command = [str(ROOT / "launch" / "finetune.sh"), "classify", "--model", f"models:/{REGISTERED_MODEL}@champion"]
+    command += ["--train", str(layout.task_subset(run.fraction, run.seed))]
+    command += ["--validation", str(layout.task_validation), "--test", str(CLASSIFY_TEST)]
+    command += ["--tracking-uri", layout.tracking_uri, "--seed", str(run.seed)]
+    command += ["--epochs", str(size.finetune_epochs), "--learning-rate", str(size.finetune_learning_rate)]
+    command += ["--batch-size", str(FINETUNE_BATCH_SIZE), "--max-seq-length", str(MAX_SEQ_LENGTH), "--log-every", "1"]
+    if run.arm == "scratch":
+        command.append("--from-scratch")
+    if not run.registered:
+        command.append("--no-register")
+    return [*command, "--output", str(layout.finetune_run(run))]
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    train: int  # examples left for training
+    validation: int  # carved out to choose the best epoch
+    subsets: dict[float, int]  # training examples at each fraction
+
+
+def write_task_files(layout: DemoLayout, size: DemoSize, source: Path = CLASSIFY_TRAIN) -> TaskFiles:
+    """The validation split carved from `source` (stratified, seeded), the rest as training, and each seed's
+    subset for the fractions below 1, all under `layout.tasks`; lines are copied unchanged."""
+    lines = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    labels = [json.loads(line)["label"] for line in lines]
+    train, validation = carve_validation(labels, VALIDATION_FRACTION, SPLIT_SEED)
+
+    def write(path: Path, indexes: list[int]) -> None:
+        atomic_write_bytes(path, "".join(lines[i] + "\n" for i in indexes).encode("utf-8"))
+
+    layout.tasks.mkdir(parents=True, exist_ok=True)
+    write(layout.task_train, train)
+    write(layout.task_validation, validation)
+    train_labels = [labels[i] for i in train]
+    subsets = {}
+    for fraction in size.finetune_fractions:
+        for seed in range(size.finetune_seeds):
+            chosen = subset_indices(train_labels, fraction, seed)
+            if fraction < 1.0:
+                write(layout.task_subset(fraction, seed), [train[i] for i in chosen])
+            subsets[fraction] = len(chosen)
+    return TaskFiles(len(train), len(validation), subsets)
 
 
 def count_lines(path: Path) -> int:
@@ -133,11 +194,21 @@ def progress_line(metrics: Path, total_steps: int | None) -> str | None:
     line = f"step {train[-1]['step']}" + (f"/{total_steps}" if total_steps else "") + f", loss {train[-1]['loss']:.3f}"
     if evaluations:
         latest = evaluations[-1]
-        shown = {k: v for k, v in latest.items() if k.startswith("eval_") and k.endswith(("accuracy", "_loss"))}
-        line += f"; held out (step {latest['step']}): " + ", ".join(
-            f"{k.removeprefix('eval_').replace('_', ' ')} {v:.3f}" for k, v in shown.items()
-        )
+        line += f"; held out (step {latest['step']}): " + held_out_figures(latest)
     return line
+
+
+def held_out_figures(record: dict) -> str:
+    """A pretraining evaluation as the [MASK] loss against the unigram guess there, [MASK] accuracy and NSP
+    against its majority share; any other evaluation as its losses and accuracies."""
+    if "eval_mask_gain" in record:
+        return (
+            f"[MASK] loss {record['eval_mask_loss']:.3f} (unigram guess {record['eval_mask_unigram_loss']:.3f}, "
+            f"gain {record['eval_mask_gain']:.3f} nats), [MASK] accuracy {record['eval_mask_accuracy']:.3f}, "
+            f"NSP accuracy {record['eval_nsp_accuracy']:.3f} (majority {record['eval_nsp_majority']:.3f})"
+        )
+    shown = {k: v for k, v in record.items() if k.startswith("eval_") and k.endswith(("accuracy", "_loss"))}
+    return ", ".join(f"{k.removeprefix('eval_').replace('_', ' ')} {v:.3f}" for k, v in shown.items())
 
 
 def run_step(step: Step, layout: DemoLayout, env: dict[str, str], echo: Callable[[str], None] = print) -> float:

@@ -1,0 +1,222 @@
+"""The demo's downstream experiment as pure functions: the labelled task split into training and validation
+examples, the seeded subsets of the training examples for each fraction, the plan of fine-tuning runs, and
+the test accuracies aggregated over seeds into means, spreads and the pretrained-minus-scratch gap.
+
+Both arms of a (fraction, seed) pair train on the same subset; the gap is taken per seed and then
+summarised, so its spread is the spread of the paired differences."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+ARMS = ("pretrained", "scratch")  # fine-tuned from the pretrained champion, and from random weights
+SPLIT_SALT = 20_240  # separate streams for the validation carve and the per-seed subsets
+SUBSET_SALT = 20_241
+
+
+def majority_share(labels: Iterable[Hashable]) -> float:
+    """The accuracy of always answering the most frequent label."""
+    counts = Counter(labels)
+    total = sum(counts.values())
+    if not total:
+        raise ValueError("no labels to count")
+    return max(counts.values()) / total
+
+
+def check_fraction(fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a fraction of the training examples must be in (0, 1], got {fraction}")
+
+
+def subset_size(total: int, fraction: float) -> int:
+    """round(fraction * total), halves up, and at least one example."""
+    check_fraction(fraction)
+    return max(1, min(total, math.floor(fraction * total + 0.5)))
+
+
+def percent(fraction: float) -> str:
+    """0.1 -> '10', 0.125 -> '12.5': for names and tables."""
+    return f"{fraction * 100:g}"
+
+
+def apportion(counts: Mapping[Hashable, int], total: int) -> dict[Hashable, int]:
+    """`total` shared among the labels in proportion to `counts` by largest remainder (ties go to the label
+    listed first); no label gets more than it has. The quotas add up to `total` exactly."""
+    available = sum(counts.values())
+    if not 0 <= total <= available:
+        raise ValueError(f"cannot draw {total} of {available} examples")
+    exact = {label: total * count / available for label, count in counts.items()} if available else {}
+    quotas = {label: math.floor(share) for label, share in exact.items()}
+    order = sorted(exact, key=lambda label: -(exact[label] - quotas[label]))  # stable: ties keep their order
+    left = total - sum(quotas.values())
+    for label in order:
+        if left == 0:
+            break
+        if quotas[label] < counts[label]:
+            quotas[label] += 1
+            left -= 1
+    return quotas
+
+
+def stratified_sample(labels: Sequence[Hashable], count: int, rng: np.random.Generator) -> list[int]:
+    """`count` indices into `labels` without replacement, each label contributing in proportion to its share
+    (`apportion`); sorted, so that a subset keeps the file's order. Each label's indices are permuted (labels
+    in order of first appearance) and the first ones taken: with the same seed, the subsets of growing counts
+    are nested wherever the label quotas grow with them (always with two labels)."""
+    by_label: dict[Hashable, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_label.setdefault(label, []).append(index)
+    quotas = apportion({label: len(indexes) for label, indexes in by_label.items()}, count)
+    chosen: list[int] = []
+    for label, indexes in by_label.items():
+        permuted = rng.permutation(len(indexes))
+        chosen += [indexes[i] for i in permuted[: quotas[label]]]
+    return sorted(chosen)
+
+
+def carve_validation(labels: Sequence[Hashable], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training indices, validation indices): `fraction` of the examples, stratified by label, held out to
+    choose the best epoch; the rest for training. Both in the file's order."""
+    held = set(stratified_sample(labels, subset_size(len(labels), fraction), np.random.default_rng([SPLIT_SALT, seed])))
+    return [i for i in range(len(labels)) if i not in held], sorted(held)
+
+
+def subset_indices(labels: Sequence[Hashable], fraction: float, seed: int) -> list[int]:
+    """The training examples a run with this fraction and seed sees (the same for both arms), stratified by
+    label; every example, in order, at fraction 1."""
+    count = subset_size(len(labels), fraction)
+    if count == len(labels):
+        return list(range(len(labels)))
+    return stratified_sample(labels, count, np.random.default_rng([SUBSET_SALT, seed]))
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    arm: str  # one of ARMS
+    fraction: float  # of the training examples
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """The step's and its log's name."""
+        return f"finetune-{self.arm}-{percent(self.fraction)}pct-seed{self.seed}"
+
+    @property
+    def registered(self) -> bool:
+        """The one run registered as the demo's classifier: from the pretrained model, every training
+        example, the first seed."""
+        return self.arm == "pretrained" and self.fraction == 1.0 and self.seed == 0
+
+
+def plan_runs(fractions: Sequence[float], seeds: int) -> list[FinetuneRun]:
+    """Every (seed, fraction, arm), seed by seed: an interrupted demo has whole seeds."""
+    for fraction in fractions:
+        check_fraction(fraction)
+    if seeds < 1:
+        raise ValueError(f"at least one seed is needed, got {seeds}")
+    return [FinetuneRun(arm, f, s) for s in range(seeds) for f in fractions for arm in ARMS]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    arm: str
+    fraction: float
+    seed: int
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class Spread:
+    mean: float
+    std: float | None  # the sample standard deviation (n - 1); None for a single value
+    n: int
+
+
+def spread(values: Sequence[float]) -> Spread:
+    if not values:
+        raise ValueError("no values to summarise")
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Spread(statistics.fmean(values), std, len(values))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Test accuracy of both arms at one fraction, over seeds, and their gap in accuracy points."""
+
+    fraction: float
+    train_examples: int
+    pretrained: Spread
+    scratch: Spread
+    gap_points: Spread  # 100 * (pretrained - scratch), over the per-seed differences
+
+    @property
+    def clear(self) -> bool | None:
+        """Whether the gap exceeds twice its std in size; None with one seed (no spread to judge by)."""
+        if self.gap_points.std is None:
+            return None
+        return abs(self.gap_points.mean) > 2 * self.gap_points.std
+
+
+def compare(results: Iterable[RunResult], train_examples: Mapping[float, int]) -> list[Comparison]:
+    """One Comparison per fraction, in increasing order. Each fraction needs both arms on the same seeds."""
+    accuracy: dict[float, dict[str, dict[int, float]]] = {}
+    for result in results:
+        if result.arm not in ARMS:
+            raise ValueError(f"unknown arm {result.arm!r}; the arms are {ARMS}")
+        by_seed = accuracy.setdefault(result.fraction, {arm: {} for arm in ARMS})[result.arm]
+        if result.seed in by_seed:
+            raise ValueError(f"two results for {result.arm}, fraction {result.fraction}, seed {result.seed}")
+        by_seed[result.seed] = result.test_accuracy
+    comparisons = []
+    for fraction in sorted(accuracy):
+        pretrained, scratch = (accuracy[fraction][arm] for arm in ARMS)
+        if sorted(pretrained) != sorted(scratch) or not pretrained:
+            raise ValueError(
+                f"fraction {fraction}: the arms ran different seeds (pretrained {sorted(pretrained)}, scratch "
+                f"{sorted(scratch)}); the gap needs pairs"
+            )
+        seeds = sorted(pretrained)
+        comparisons.append(
+            Comparison(
+                fraction=fraction,
+                train_examples=train_examples[fraction],
+                pretrained=spread([pretrained[s] for s in seeds]),
+                scratch=spread([scratch[s] for s in seeds]),
+                gap_points=spread([100 * (pretrained[s] - scratch[s]) for s in seeds]),
+            )
+        )
+    return comparisons
+
+
+def signed_points(spread_: Spread) -> str:
+    """'+7.2 ± 2.1', or '+7.2' with one seed."""
+    text = f"{spread_.mean:+.1f}"
+    return text if spread_.std is None else f"{text} ± {spread_.std:.1f}"
+
+
+def verdict(comparisons: Sequence[Comparison]) -> str:
+    """One plain sentence per fraction: does pretraining change the test accuracy by more than twice the
+    spread of the gap over seeds?"""
+    if not comparisons:
+        raise ValueError("nothing to compare")
+    seeds = comparisons[0].gap_points.n
+    parts = []
+    for c in comparisons:
+        where = f"{percent(c.fraction)}% ({c.train_examples} examples)"
+        gap = f"{signed_points(c.gap_points)} points"
+        if c.clear is None:
+            parts.append(f"at {where} the gap is {gap} from a single seed, with no spread to judge it by")
+        elif c.clear:
+            direction = "helps" if c.gap_points.mean > 0 else "hurts"
+            parts.append(f"pretraining {direction} at {where}: {gap}, more than twice its std")
+        else:
+            parts.append(f"no clear difference at {where}: {gap}, within twice its std")
+    runs = f"over {seeds} seeds" if seeds > 1 else "one seed"
+    line = f"Verdict (test accuracy, pretrained minus random weights, {runs}): " + "; ".join(parts) + "."
+    return line if seeds > 1 else line + " Run with --finetune-seeds 3 or more to judge the gap."
