@@ -44,8 +44,8 @@ SIZES = {
     "full": DemoSize(
         vocab_size=8192,
         dupe_factor=5,
-        pretrain_steps=900,
-        eval_every=300,
+        pretrain_steps=2000,
+        eval_every=500,
         finetune_epochs=8,
         finetune_learning_rate=3e-4,
         finetune_fractions=(0.1, 0.3, 1.0),
