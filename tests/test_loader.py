@@ -26,6 +26,7 @@ from pipeline.loader import (
     resume_state,
     stream_batches,
     stream_samples,
+    target_counts,
 )
 from pipeline.shard_reader import ShardError, read_shard_members
 from preprocessing.masking import unmask
@@ -379,3 +380,20 @@ def test_evaluation_refuses_a_damaged_validation_shard(damaged_copy):
     flip_byte(path, 3000)
     with pytest.raises(ShardError, match=re.escape(str(path))):
         evaluation_batches(spec, 8, 0, 1, None)
+
+
+def test_target_counts_count_the_masked_lm_targets_of_whole_shards_in_stored_order(train_spec, stored):
+    vocab = 3000
+    everything = target_counts(train_spec, vocab, max_samples=10**9)
+    expected = np.zeros(vocab, dtype=np.int64)
+    for samples in stored.values():
+        for sample in samples:
+            np.add.at(expected, sample.masked_lm_ids.astype(np.int64), 1)
+    assert np.array_equal(everything, expected)
+    # a limit inside the second shard reads the first two shards whole
+    first_two = target_counts(train_spec, vocab, max_samples=train_spec.shard_sizes[0] + 1)
+    expected_two = sum(
+        np.bincount(np.concatenate([s.masked_lm_ids for s in stored[i]]).astype(np.int64), minlength=vocab)
+        for i in (0, 1)
+    )
+    assert np.array_equal(first_two, expected_two)

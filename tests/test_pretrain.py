@@ -54,6 +54,12 @@ def test_two_ranks_zero2_loss_falls_and_checkpoints_appear(reference_run):
     assert [r["step"] for r in evaluations] == [10, 20, 30]
     assert evaluations[-1]["eval_mlm_loss"] < evaluations[0]["eval_mlm_loss"]
     assert all(0 <= r["eval_nsp_accuracy"] <= 1 and r["eval_masked_tokens"] > 0 for r in evaluations)
+    # the same held-out positions each time: the unigram guess and the NSP majority do not move
+    assert len({r["eval_mask_unigram_loss"] for r in evaluations}) == 1
+    assert len({r["eval_nsp_majority"] for r in evaluations}) == 1 and evaluations[0]["eval_nsp_majority"] >= 0.5
+    for r in evaluations:
+        assert r["eval_mask_gain"] == pytest.approx(r["eval_mask_unigram_loss"] - r["eval_mask_loss"])
+        assert 0 < r["eval_mask_tokens"] < r["eval_masked_tokens"]
     checkpoints = reference_run / "checkpoints"
     assert latest_tag(checkpoints) == "step00000030"
     kept = sorted(p.name for p in checkpoints.iterdir() if p.is_dir())
