@@ -34,6 +34,9 @@ STEPS = 30
 # Two loader workers per rank, so a resume also has to pick up the worker rotation where it was.
 RUN = ("--set", f"train_steps={STEPS}", "--set", "checkpoint_every=5", "--set", "loader_workers=2")
 RUN += ("--set", "record_batch_fingerprints=true", "--set", "eval_every=10")
+# From BERT's zero output bias the loss has far to fall in a few steps, which shows the updates land;
+# the default start (the targets' prior) is already at the unigram loss, tested on its own below.
+RUN += ("--set", "mlm_bias_init=zeros")
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +165,16 @@ def test_bf16_run_completes(pretraining_dataset, tmp_path):
     ds["zero_optimization"] = {"stage": 1}
     config.write_text(json.dumps(ds))
     output = tmp_path / "run"
-    result = run_single(pretraining_dataset, output, "--set", "train_steps=8", "--deepspeed-config", str(config))
+    result = run_single(
+        pretraining_dataset,
+        output,
+        "--set",
+        "train_steps=8",
+        "--set",
+        "mlm_bias_init=zeros",
+        "--deepspeed-config",
+        str(config),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     steps = training_steps(output)
     assert len(steps) == 8 and steps[-1]["loss"] < steps[0]["loss"]
@@ -199,3 +211,14 @@ def test_a_record_over_several_steps_holds_their_mean_loss_and_pooled_accuracy(p
         assert (
             min(r["mlm_accuracy"] for r in covered) <= record["mlm_accuracy"] <= max(r["mlm_accuracy"] for r in covered)
         )
+
+
+def test_the_default_output_bias_starts_at_the_unigram_loss(reference_run, pretraining_dataset, tmp_path):
+    output = tmp_path / "run"
+    result = run_single(pretraining_dataset, output, "--set", "train_steps=2", "--set", "warmup_steps=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = training_steps(output)[0]["mlm_loss"]
+    unigram = [r for r in metrics(output) if "eval_mask_unigram_loss" in r][-1]["eval_mask_unigram_loss"]
+    assert abs(first - unigram) < 0.3, (first, unigram)
+    from_zeros = training_steps(reference_run)[0]["mlm_loss"]  # the same data from BERT's zero bias
+    assert from_zeros > unigram + 1.0, (from_zeros, unigram)
