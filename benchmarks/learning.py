@@ -311,6 +311,27 @@ def ours_timings(records: list[tuple[float, dict[str, Any]]]) -> tuple[dict[int,
     return step_times, eval_seconds
 
 
+def arm_record(
+    curve: list[dict[str, Any]],
+    step_times: dict[int, float],
+    eval_seconds: dict[int, float],
+    pretrain_s: float,
+    export_s: float,
+    model_dir: Path,
+) -> dict[str, Any]:
+    """What a pretraining arm reports: its curve, time per step without start-up and evaluations, its model."""
+    per_step = training_seconds_per_step(step_times, eval_seconds)
+    return {
+        "curve": curve,
+        "seconds_per_step": per_step,
+        "startup_s": startup_seconds(step_times, per_step),
+        "eval_s": eval_seconds,
+        "pretrain_wall_s": pretrain_s,
+        "export_s": export_s,
+        "model_dir": model_dir,
+    }
+
+
 def run_ours(settings: Settings, seed: int, run_dir: Path) -> dict[str, Any]:
     config = settings.loaded(seed)
     output = run_dir / "pretrain"
@@ -359,16 +380,7 @@ def run_ours(settings: Settings, seed: int, run_dir: Path) -> dict[str, Any]:
 
     step_times, eval_seconds = ours_timings(follower.records)
     curve = [{"step": r["step"], "wall_s": t, **eval_figures(r)} for t, r in follower.records if "eval_mask_loss" in r]
-    per_step = training_seconds_per_step(step_times, eval_seconds)
-    return {
-        "curve": curve,
-        "seconds_per_step": per_step,
-        "startup_s": startup_seconds(step_times, per_step),
-        "eval_s": eval_seconds,
-        "pretrain_wall_s": pretrain_s,
-        "export_s": export_s,
-        "model_dir": export,
-    }
+    return arm_record(curve, step_times, eval_seconds, pretrain_s, export_s, export)
 
 
 # -- the peer: transformers' BertForPreTraining under transformers' Trainer -------------------------------
@@ -540,15 +552,8 @@ def run_peer(settings: Settings, seed: int, run_dir: Path, evaluation: HeldOut) 
     model.save_pretrained(model_dir)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(settings.dataset / name, model_dir / name)
-    per_step = training_seconds_per_step(step_times, eval_seconds)
     return {
-        "curve": curve,
-        "seconds_per_step": per_step,
-        "startup_s": startup_seconds(step_times, per_step),
-        "eval_s": eval_seconds,
-        "pretrain_wall_s": pretrain_s,
-        "export_s": clock() - pretrain_s,
-        "model_dir": model_dir,
+        **arm_record(curve, step_times, eval_seconds, pretrain_s, clock() - pretrain_s, model_dir),
         "train_examples": len(examples),
     }
 
