@@ -316,9 +316,12 @@ def ignored_copy(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return copy
 
 
-def target_counts(spec: SplitSpec, vocab_size: int, max_samples: int, verify: bool = True) -> np.ndarray:
+def target_counts(
+    spec: SplitSpec, vocab_size: int, max_samples: int, verify: bool = True, skip_bad_shards: bool = False
+) -> np.ndarray:
     """How often each id is a masked-LM target in the first `max_samples` samples of the split (whole
-    shards, in stored order): the unigram distribution a context-free guess would use."""
+    shards, in stored order): the unigram distribution a context-free guess would use. An unreadable
+    shard raises ShardError, or with `skip_bad_shards` is left out with a warning."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     dtype = np.dtype(spec.token_dtype)
     seen = 0
@@ -326,7 +329,13 @@ def target_counts(spec: SplitSpec, vocab_size: int, max_samples: int, verify: bo
         if seen >= max_samples:
             break
         sha256 = spec.shard_sha256[shard] if verify else None
-        members = read_shard_members(spec.url(shard), size, sha256)
+        try:
+            members = read_shard_members(spec.url(shard), size, sha256)
+        except ShardError as error:
+            if not skip_bad_shards:
+                raise
+            log.warning("skipping a bad shard while counting the masked-LM targets: %s", error)
+            continue
         targets = np.concatenate([decode_sample(member, dtype).masked_lm_ids for member in members])
         counts += np.bincount(targets.astype(np.int64), minlength=vocab_size)[:vocab_size]
         seen += size

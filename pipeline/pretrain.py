@@ -139,7 +139,11 @@ class Trainer:
         special = self.manifest["tokenizer"]["special_token_ids"]
         self.mask_id = int(special["[MASK]"])
         counts = target_counts(
-            self.train_spec, self.model_config.vocab_size, UNIGRAM_SAMPLES, self.train.verify_checksums
+            self.train_spec,
+            self.model_config.vocab_size,
+            UNIGRAM_SAMPLES,
+            self.train.verify_checksums,
+            self.train.skip_bad_shards,
         )
         self.unigram = unigram_log_probs(counts, special.values())  # the context-free guess evaluations compare to
         self.tracker: RunTracker | None = None

@@ -397,3 +397,14 @@ def test_target_counts_count_the_masked_lm_targets_of_whole_shards_in_stored_ord
         for i in (0, 1)
     )
     assert np.array_equal(first_two, expected_two)
+
+
+def test_target_counts_raise_on_a_bad_shard_or_leave_it_out_when_told(damaged_copy, train_spec, stored):
+    path = damaged_copy / train_spec.shard_names[1]
+    path.write_bytes(path.read_bytes()[:1000])
+    spec = spec_of(damaged_copy)
+    with pytest.raises(ShardError, match=train_spec.shard_names[1]):
+        target_counts(spec, 3000, max_samples=10**9)
+    counts = target_counts(spec, 3000, max_samples=10**9, skip_bad_shards=True)
+    kept = np.concatenate([s.masked_lm_ids for i, samples in stored.items() if i != 1 for s in samples])
+    assert np.array_equal(counts, np.bincount(kept.astype(np.int64), minlength=3000))
