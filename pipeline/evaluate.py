@@ -65,7 +65,7 @@ class EvalResult:
         return self.kinds["mask"].unigram_loss - self.kinds["mask"].loss
 
     def as_metrics(self, prefix: str = "eval_") -> dict[str, float]:
-        metrics = {
+        return {
             f"{prefix}mlm_loss": self.mlm_loss,
             f"{prefix}mlm_accuracy": self.mlm_accuracy,
             f"{prefix}mask_loss": self.mask_loss,
@@ -80,7 +80,6 @@ class EvalResult:
             f"{prefix}mask_tokens": self.kinds["mask"].count,
             f"{prefix}sequences": self.sequences,
         }
-        return metrics
 
 
 def unigram_log_probs(counts: np.ndarray, special_ids: Iterable[int] = ()) -> torch.Tensor:
