@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import atomic_write_bytes
+from model.checkpoint import CheckpointError, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,16 @@ def latest_tag(directory: Path) -> str | None:
 
 
 def rng_states() -> dict[str, Any]:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain values, so that `torch.load(weights_only=True)` reads it."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "position": int(position),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state()
     return states
@@ -63,7 +73,16 @@ def rng_states() -> dict[str, Any]:
 
 def restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    numpy_state = states["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state(states["cuda"])
@@ -115,8 +134,43 @@ def prune(directory: Path, keep: int) -> None:
             shutil.rmtree(directory / tag, ignore_errors=True)
 
 
+def deepspeed_safe_types() -> list[type]:
+    """The only Python classes a DeepSpeed checkpoint of this trainer holds besides tensors and plain data:
+    plain records with no behaviour on loading."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_tensors_only(path: Path) -> Any:
+    """`torch.load` that builds tensors, plain data and `deepspeed_safe_types`, and nothing else: a pickle
+    that names any other callable is refused before it can run."""
+    try:
+        with torch.serialization.safe_globals(deepspeed_safe_types()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        named = re.search(r"GLOBAL ([\w.]+)", str(error))
+        detail = f"it names {named.group(1)}" if named else "it is not a plain tensor file"
+        raise CheckpointError(
+            f"refusing to load {path}: it holds Python objects other than tensors and plain data ({detail}). "
+            f"Loading it could run code from the file; bertpipe's own checkpoints never hold such objects, so "
+            f"this file was not written by bertpipe or was altered"
+        ) from None
+
+
+def vet_checkpoint(tag_dir: Path) -> None:
+    """Read every `.pt` file of a checkpoint with `load_tensors_only` before DeepSpeed, which loads them with
+    `weights_only=False`, is let near them."""
+    for path in sorted(tag_dir.glob("*.pt")):
+        load_tensors_only(path)
+
+
 def load(engine: Any, directory: Path, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Model, optimizer, lr scheduler and loss scaler through DeepSpeed; then this rank's own state."""
+    """Model, optimizer, lr scheduler and loss scaler through DeepSpeed (after `vet_checkpoint`); then this
+    rank's own state."""
+    vet_checkpoint(directory / tag)
     path, client_state = engine.load_checkpoint(
         str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
     )
@@ -127,8 +181,7 @@ def load(engine: Any, directory: Path, tag: str) -> tuple[dict[str, Any], dict[s
         raise FileNotFoundError(
             f"{state_file} is missing: checkpoint {tag} was written by a run with fewer ranks or is incomplete"
         )
-    rank_state = torch.load(state_file, map_location="cpu", weights_only=False)
-    return client_state or {}, rank_state
+    return client_state or {}, load_tensors_only(state_file)
 
 
 def _serialize(state: dict[str, Any]) -> bytes:

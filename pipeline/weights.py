@@ -47,11 +47,12 @@ def model_states(tag_dir: Path) -> dict:
     files = sorted(tag_dir.glob(MODEL_STATES))
     if not files:
         raise CheckpointError(f"{tag_dir} holds no DeepSpeed model states (mp_rank_00_model_states.pt)")
-    return torch.load(files[0], map_location="cpu", weights_only=False)
+    return checkpointing.load_tensors_only(files[0])
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """fp32 weights of a DeepSpeed checkpoint tag, from any ZeRO stage."""
+    checkpointing.vet_checkpoint(tag_dir)
     states = model_states(tag_dir)
     stage = states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0)
     if stage == 0 or not any(tag_dir.glob("*optim_states.pt")):

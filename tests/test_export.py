@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from model import BertConfig, BertForPreTraining
+from model.checkpoint import CheckpointError
 from tests.pretrain_runs import ROOT, cpu_env
 
 pytestmark = pytest.mark.slow
@@ -103,3 +104,56 @@ def test_export_refuses_what_it_cannot_do(live_run, exported, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (exported / "model.safetensors").read_bytes() == before  # same checkpoint, same bytes
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".hf.")]  # no staging left behind
+
+
+class RunsACommand:
+    """A pickle that, unpickled without `weights_only`, creates the file `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("victim", ["mp_rank_00_model_states.pt", "optim_states.pt", "trainer_state_rank0.pt"])
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(live_run, tmp_path, victim):
+    import shutil
+
+    from pipeline import checkpointing
+    from pipeline.weights import load_initial_weights, model_config_of
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(live_run / "checkpoints", crafted / "checkpoints")
+    tag_dir = crafted / "checkpoints" / "step00000002"
+    target = next(p for p in sorted(tag_dir.glob("*.pt")) if p.name.endswith(victim))
+    marker = tmp_path / "code_ran"
+    torch.save({"module": RunsACommand(marker), "ds_version": "0"}, target)
+
+    result = bertpipe("export", "--checkpoint", str(crafted), "--out", str(tmp_path / "hf"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"refusing to load {target}" in result.stderr and "it names posix.system" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists() and not (tmp_path / "hf").exists()
+
+    # The same check guards --init-from / finetune --model (in this process) and --resume (vet_checkpoint).
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        if victim.startswith("mp_rank"):
+            model_config_of(crafted)
+        else:
+            load_initial_weights(BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=64)), crafted)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        checkpointing.vet_checkpoint(tag_dir)
+    assert not marker.exists()
+
+
+def test_the_trainers_own_checkpoint_files_load_as_tensors_only(live_run):
+    from pipeline import checkpointing
+
+    tag_dir = live_run / "checkpoints" / "step00000002"
+    assert [p.name for p in tag_dir.glob("trainer_state_rank*.pt")] == ["trainer_state_rank0.pt"]
+    checkpointing.vet_checkpoint(tag_dir)  # raises on any object outside deepspeed_safe_types
+    state = checkpointing.load_tensors_only(tag_dir / "trainer_state_rank0.pt")
+    assert state["rng"]["numpy"]["keys"].shape == (624,)
