@@ -20,6 +20,7 @@ import torch.distributed as dist
 from model import BertConfig, BertForPreTraining
 from model.checkpoint import atomic_write_bytes
 from model.flops import peak_bf16_flops, pretraining_step_flops
+from model.local_attention_init import init_local_attention
 from pipeline import checkpointing, deepspeed_config
 from pipeline.dataset_check import check_against_model, load_manifest
 from pipeline.distributed import init_distributed, node_count
@@ -157,6 +158,8 @@ class Trainer:
 
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         model = BertForPreTraining(self.model_config)
+        if self.train.attention_init == "local":
+            init_local_attention(model.bert)
         if self.train.mlm_bias_init == "unigram":
             model.cls.predictions.init_bias_to_prior(self.unigram.float())
         if self.init_from and self.resume_tag is None:

@@ -16,6 +16,7 @@ from typing import Any
 TRAIN_JSON = "train.json"
 DEEPSPEED_JSON = "deepspeed.json"
 MLM_BIAS_INITS = ("unigram", "zeros")
+ATTENTION_INITS = ("local", "bert")
 
 
 class TrainConfigError(ValueError):
@@ -43,6 +44,9 @@ class TrainConfig:
     # "unigram": the MLM output bias starts at the log-frequencies of the training targets (see
     # BertLMPredictionHead.init_bias_to_prior); "zeros": BERT's original initialisation
     mlm_bias_init: str = "unigram"
+    # "local": sinusoidal position embeddings and W_k = W_q, so that attention starts local (see
+    # model/local_attention_init.py); "bert": BERT's original N(0, initializer_range) for both
+    attention_init: str = "local"
     dynamic_masking: bool = False  # re-mask each sample every epoch from its stored original tokens
     verify_checksums: bool = True  # check each shard's sha256 against the manifest when it is read
     skip_bad_shards: bool = False  # skip (and count) unreadable shards instead of stopping
@@ -66,6 +70,8 @@ class TrainConfig:
             raise TrainConfigError(f"shuffle_window_shards must be at least 1, not {self.shuffle_window_shards}")
         if self.mlm_bias_init not in MLM_BIAS_INITS:
             raise TrainConfigError(f"mlm_bias_init must be one of {MLM_BIAS_INITS}, not {self.mlm_bias_init!r}")
+        if self.attention_init not in ATTENTION_INITS:
+            raise TrainConfigError(f"attention_init must be one of {ATTENTION_INITS}, not {self.attention_init!r}")
         if (self.warmup_steps is None) == (self.warmup_proportion is None):
             raise TrainConfigError("give exactly one of warmup_steps and warmup_proportion")
         if self.warmup_proportion is not None and not 0 <= self.warmup_proportion <= 1:

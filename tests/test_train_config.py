@@ -90,6 +90,7 @@ def test_ints_are_accepted_where_floats_are_expected_and_none_where_optional():
         ({"warmup_proportion": 0.1}, "give exactly one of warmup_steps and warmup_proportion"),
         ({"warmup_steps": None, "warmup_proportion": 1.5}, r"warmup_proportion must be in \[0, 1\], not 1.5"),
         ({"mlm_bias_init": "ones"}, r"mlm_bias_init must be one of \('unigram', 'zeros'\), not 'ones'"),
+        ({"attention_init": "random"}, r"attention_init must be one of \('local', 'bert'\), not 'random'"),
     ],
 )
 def test_impossible_values_are_refused(values, message):

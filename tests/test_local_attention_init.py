@@ -1,0 +1,76 @@
+"""model/local_attention_init.py: sinusoidal positions and W_k = W_q make the first layer's attention local
+from the first step, where BERT's initialisation spreads it evenly over the sequence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model import BertConfig, BertForPreTraining
+from model.local_attention_init import init_local_attention, mimetic_std, sinusoidal_positions
+
+
+def test_the_sinusoid_table_has_unit_spread_and_similarity_that_falls_with_distance():
+    table = sinusoidal_positions(128, 64)
+    assert table.shape == (128, 64)
+    assert table.std().item() == pytest.approx(1.0, abs=1e-6)
+    scale = 1 / table[0, 1].item()  # row 0 is (sin 0, cos 0, ...) = (0, 1, 0, 1, ...) before scaling
+    assert torch.allclose(table[0] * scale, torch.tensor([0.0, 1.0] * 32), atol=1e-6)
+    assert table[5, 0].item() * scale == pytest.approx(math.sin(5.0), abs=1e-6)
+    similarity = table[40] @ table.T
+    assert similarity[40] > similarity[41] > similarity[42] > similarity[44]
+    assert torch.allclose(similarity[39], similarity[41], atol=1e-4)  # depends on the distance only
+    with pytest.raises(ValueError, match="even width"):
+        sinusoidal_positions(8, 5)
+
+
+def test_the_query_scale_gives_the_stated_self_score():
+    assert mimetic_std(128, 64, 10.0) == pytest.approx(math.sqrt(10.0 / (128 * 8)))
+    generator = torch.Generator().manual_seed(0)
+    std = mimetic_std(768, 64, 10.0)
+    weight = torch.randn(64, 768, generator=generator) * std
+    tokens = torch.randn(2000, 768, generator=generator)  # unit variance, as after LayerNorm
+    queries = tokens @ weight.T
+    self_scores = (queries * queries).sum(-1) / math.sqrt(64)
+    assert self_scores.mean().item() == pytest.approx(10.0, rel=0.05)
+
+
+def neighbour_attention(model: BertForPreTraining, input_ids: torch.Tensor) -> float:
+    """The first layer's mean attention from a position to each of its two direct neighbours."""
+    with torch.no_grad():
+        hidden = model.bert.embeddings(input_ids)
+        attention = model.bert.encoder.layer[0].attention.self
+        batch, length, _ = hidden.shape
+        heads = attention.num_heads
+
+        def split(x):
+            return x.view(batch, length, heads, attention.head_size).transpose(1, 2)
+
+        scores = split(attention.query(hidden)) @ split(attention.key(hidden)).transpose(-1, -2)
+        probabilities = (scores / math.sqrt(attention.head_size)).softmax(-1)
+        left = probabilities.diagonal(offset=-1, dim1=-2, dim2=-1).mean().item()
+        right = probabilities.diagonal(offset=1, dim1=-2, dim2=-1).mean().item()
+    return (left + right) / 2
+
+
+def test_attention_starts_local_and_the_architecture_is_unchanged():
+    torch.manual_seed(0)
+    config = BertConfig.from_preset("tiny", vocab_size=1000)
+    bert_init = BertForPreTraining(config)
+    local = BertForPreTraining(config)
+    local.load_state_dict(bert_init.state_dict())
+    init_local_attention(local.bert)
+
+    assert local.state_dict().keys() == bert_init.state_dict().keys()
+    for layer in local.bert.encoder.layer:
+        assert torch.equal(layer.attention.self.key.weight, layer.attention.self.query.weight)
+        assert layer.attention.self.query.weight.std().item() == pytest.approx(mimetic_std(128, 64, 10.0), rel=0.02)
+    positions = local.bert.embeddings.position_embeddings.weight
+    assert positions.std().item() == pytest.approx(3 * config.initializer_range, rel=1e-4)
+
+    input_ids = torch.randint(5, 1000, (8, 128), generator=torch.Generator().manual_seed(1))
+    uniform = 1 / 128
+    assert neighbour_attention(bert_init, input_ids) == pytest.approx(uniform, rel=0.1)
+    assert neighbour_attention(local, input_ids) > 5 * uniform  # 0.060 measured: 7.7x
