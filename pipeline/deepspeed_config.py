@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -116,7 +117,55 @@ def prepare(
         raise TrainConfigError("fp16 needs a GPU; on CPU use bf16 ('bf16': {'enabled': true}) or fp32")
     if config.get("fp16", {}).get("enabled") and config.get("bf16", {}).get("enabled"):
         raise TrainConfigError("enable one of fp16 and bf16, not both")
+    check_known_keys(config)
     return config, spec, sizes
+
+
+def keys_deepspeed_reads(config: dict[str, Any]) -> set[str]:
+    """The top-level keys DeepSpeed's own parser asks `config` for (whether present or not), found by letting
+    it parse the config."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    asked: set[str] = set()
+
+    class Recording(dict):
+        def __getitem__(self, key):
+            asked.add(key)
+            return super().__getitem__(key)
+
+        def get(self, key, default=None):
+            asked.add(key)
+            return super().get(key, default)
+
+        def __contains__(self, key):
+            asked.add(key)
+            return super().__contains__(key)
+
+    # DeepSpeed checks the batch sizes against the world size it sees, here 1.
+    single = dict(
+        config, train_batch_size=config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"]
+    )
+    try:
+        DeepSpeedConfig(Recording(single))
+    except (AssertionError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+        raise TrainConfigError(f"DeepSpeed refuses the DeepSpeed config: {error}") from None
+    return asked
+
+
+def check_known_keys(config: dict[str, Any]) -> None:
+    """DeepSpeed ignores a top-level key it does not know without a word, so a misspelt `zero_optimization`
+    would train without ZeRO: refuse such keys, with the closest known one."""
+    known = keys_deepspeed_reads(config)
+    unknown = sorted(set(config) - known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TrainConfigError(
+            f"DeepSpeed does not know the key(s) {', '.join(hints)} in the DeepSpeed config and would ignore "
+            f"them; fix or remove them"
+        )
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -286,6 +286,22 @@ def test_a_deepspeed_scheduler_section_is_refused():
         prepare(ds_config, 1, on_gpu=True)
 
 
+def test_keys_deepspeed_would_ignore_are_refused_with_the_closest_known_one():
+    ds = {"train_micro_batch_size_per_gpu": 4, "zero_optimisation": {"stage": 2}, "gradient_clippin": 1.0}
+    with pytest.raises(TrainConfigError) as error:
+        prepare(ds, 2, on_gpu=False)
+    assert str(error.value).startswith(
+        "DeepSpeed does not know the key(s) 'gradient_clippin' (did you mean 'gradient_clipping'?), "
+        "'zero_optimisation' (did you mean 'zero_optimization'?)"
+    )
+    with pytest.raises(TrainConfigError, match=r"the key\(s\) 'flux_capacitor' in"):
+        prepare({"train_micro_batch_size_per_gpu": 4, "flux_capacitor": 1}, 1, on_gpu=False)
+    known = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2}, "gradient_clipping": 1.0}
+    prepare(known, 2, on_gpu=False)
+    with pytest.raises(TrainConfigError, match=r"(?s)DeepSpeed refuses the DeepSpeed config: .*stagee.*Extra inputs are not permitted"):
+        prepare({**known, "zero_optimization": {"stagee": 2}}, 2, on_gpu=False)
+
+
 def test_fp16_needs_a_gpu_and_excludes_bf16():
     fp16 = {"train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": True}}
     with pytest.raises(TrainConfigError, match=r"fp16 needs a GPU; on CPU use bf16"):
