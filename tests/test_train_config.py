@@ -298,7 +298,8 @@ def test_keys_deepspeed_would_ignore_are_refused_with_the_closest_known_one():
         prepare({"train_micro_batch_size_per_gpu": 4, "flux_capacitor": 1}, 1, on_gpu=False)
     known = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2}, "gradient_clipping": 1.0}
     prepare(known, 2, on_gpu=False)
-    with pytest.raises(TrainConfigError, match=r"(?s)DeepSpeed refuses the DeepSpeed config: .*stagee.*Extra inputs are not permitted"):
+    refused = r"(?s)DeepSpeed refuses the DeepSpeed config: .*stagee.*Extra inputs are not permitted"
+    with pytest.raises(TrainConfigError, match=refused):
         prepare({**known, "zero_optimization": {"stagee": 2}}, 2, on_gpu=False)
 
 
