@@ -125,7 +125,13 @@ def load_tokenizer(directory: str | Path, lowercase: bool | None = None) -> Toke
     `tokenizer_config.json`'s do_lower_case, else True as in the uncased BERT release)."""
     directory = Path(directory)
     if (directory / TOKENIZER_JSON).is_file():
-        tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_JSON))
+        try:
+            tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_JSON))
+        except Exception as error:  # the tokenizers library raises a bare Exception with serde's message
+            raise TokenizerError(
+                f"{directory / TOKENIZER_JSON} is not a readable tokenizer file ({error}); it may be truncated "
+                f"or from another program: copy it again, or train one with `bertpipe tokenizer train`"
+            ) from None
     elif (directory / VOCAB_TXT).is_file():
         tokens = (directory / VOCAB_TXT).read_text(encoding="utf-8").splitlines()
         if lowercase is None:

@@ -70,6 +70,17 @@ def test_missing_special_token_is_named(tmp_path):
         load_tokenizer(tmp_path)
 
 
+def test_a_truncated_tokenizer_file_is_named(trained, tmp_path):
+    directory = write(trained, tmp_path / "v")
+    whole = (directory / "tokenizer.json").read_bytes()
+    (directory / "tokenizer.json").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(TokenizerError) as error:
+        load_tokenizer(directory)
+    message = str(error.value)
+    assert message.startswith(f"{directory / 'tokenizer.json'} is not a readable tokenizer file (")
+    assert "EOF while parsing" in message and "truncated" in message
+
+
 def test_empty_directory_says_what_to_do(tmp_path):
     with pytest.raises(TokenizerError, match="bertpipe tokenizer train"):
         load_tokenizer(tmp_path)
