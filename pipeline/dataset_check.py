@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from model.config import BertConfig
-from preprocessing.filesystem import exists, join, read_json
+from preprocessing.filesystem import exists, join, read_bytes, read_json
 from preprocessing.manifest import FORMAT_VERSION, MANIFEST_NAME
+from preprocessing.tokenizer import VOCAB_TXT
 
 
 class DatasetMismatch(ValueError):
@@ -29,7 +30,23 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
         raise DatasetMismatch(
             f"{path} has format_version {manifest.get('format_version')!r}; this version reads {FORMAT_VERSION}"
         )
+    check_vocabulary_file(str(dataset_dir), manifest)
     return manifest
+
+
+def check_vocabulary_file(dataset_dir: str, manifest: dict[str, Any]) -> None:
+    """The vocabulary written beside the shards must have the size the manifest states: the model is built
+    from the manifest and exported with that vocabulary, which would then contradict each other."""
+    vocab_path = join(dataset_dir, VOCAB_TXT)
+    if not exists(vocab_path):
+        return
+    tokens = len(read_bytes(vocab_path).decode("utf-8").splitlines())
+    stated = manifest["tokenizer"]["vocab_size"]
+    if tokens != stated:
+        raise DatasetMismatch(
+            f"{join(dataset_dir, MANIFEST_NAME)} states a vocabulary of {stated} tokens but {vocab_path} has "
+            f"{tokens}: the dataset directory was altered after preprocessing; preprocess again"
+        )
 
 
 def check_against_model(manifest: dict[str, Any], config: BertConfig) -> None:

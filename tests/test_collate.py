@@ -102,3 +102,14 @@ def test_load_manifest_errors(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({**manifest(), "format_version": 99}))
     with pytest.raises(DatasetMismatch, match="format_version 99"):
         load_manifest(tmp_path)
+
+
+def test_a_manifest_that_contradicts_its_vocabulary_file_is_refused(tmp_path):
+    from preprocessing.manifest import FORMAT_VERSION
+
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest(vocab_size=6), "format_version": FORMAT_VERSION}))
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
+    assert load_manifest(tmp_path)["tokenizer"]["vocab_size"] == 6
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) + "\n")
+    with pytest.raises(DatasetMismatch, match=r"states a vocabulary of 6 tokens but .*vocab\.txt has 5: .*preprocess"):
+        load_manifest(tmp_path)
