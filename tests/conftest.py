@@ -33,6 +33,7 @@ def _seed() -> None:
 
 
 PYDOCS_CORPUS = Path(__file__).parent / "data" / "pydocs" / "corpus.txt"
+DEMO_CORPUS = PYDOCS_CORPUS.parent / "demo_corpus.txt"
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +53,26 @@ def pretraining_dataset(tmp_path_factory) -> Path:
     params = JobParams(dupe_factor=2, validation_fraction=0.1, bucket_mb=0.1, shard_mb=0.3, seed=11)
     runner = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
     preprocess.run([str(PYDOCS_CORPUS)], str(tokenizer_dir), str(root / "dataset"), params, runner)
+    return root / "dataset"
+
+
+@pytest.fixture(scope="session")
+def demo_corpus_dataset(tmp_path_factory) -> Path:
+    """The demo's corpus (2.1 MB) as the demo prepares it, one pass (dupe factor 1) and a 4096-token
+    vocabulary: enough text that a short run learns what carries over to held-out documents."""
+    from preprocessing import preprocess
+    from preprocessing.beam_job import JobParams
+    from preprocessing.tokenizer import tokenizer_files, train_wordpiece
+
+    root = tmp_path_factory.mktemp("demo_corpus")
+    lines = [line for line in DEMO_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tokenizer_dir = root / "tokenizer"
+    tokenizer_dir.mkdir()
+    for name, data in tokenizer_files(train_wordpiece(lines, vocab_size=4096, lowercase=True)).items():
+        (tokenizer_dir / name).write_bytes(data)
+    params = JobParams(dupe_factor=1, validation_fraction=0.02, bucket_mb=1, shard_mb=4, seed=11)
+    runner = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    preprocess.run([str(DEMO_CORPUS)], str(tokenizer_dir), str(root / "dataset"), params, runner)
     return root / "dataset"
 
 
