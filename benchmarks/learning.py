@@ -60,6 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_description, cpu_model
 from model.heads import IGNORE_INDEX
 from pipeline.deepspeed_config import resolve_batch_sizes
+from pipeline.demo.downstream import carve_validation
+from pipeline.demo.layout import SPLIT_SEED, VALIDATION_FRACTION
 from pipeline.distributed import free_port
 from pipeline.train_config import LoadedConfig, load_config
 
@@ -67,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYDOCS = ROOT / "tests" / "data" / "pydocs"
 CORPUS = PYDOCS / "demo_corpus.txt"
 CLASSIFY_TRAIN = PYDOCS / "tasks" / "classify_train.jsonl"
-CLASSIFY_VALIDATION = PYDOCS / "tasks" / "classify_validation.jsonl"
+CLASSIFY_TEST = PYDOCS / "tasks" / "classify_validation.jsonl"  # files the pretraining corpus leaves out
 DEMO_CONFIG = ROOT / "launch" / "configs" / "demo"
 VOCAB_SIZE = 8192
 RANKS = 2  # ours: DeepSpeed CPU ranks, one core each
@@ -577,9 +579,24 @@ def run_random(settings: Settings, seed: int, evaluation: HeldOut) -> dict[str, 
 # -- downstream: launch/finetune.sh classify --------------------------------------------------------------
 
 
+def task_files(work: Path) -> tuple[Path, Path]:
+    """The demo's split of the labelled paragraphs: the same stratified, seeded 20% held back to choose the
+    epoch (`pipeline.demo.downstream.carve_validation`), the rest to train on; the test file stays apart."""
+    lines = [line for line in CLASSIFY_TRAIN.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train, validation = carve_validation([json.loads(line)["label"] for line in lines], VALIDATION_FRACTION, SPLIT_SEED)
+    paths = work / "task" / "train.jsonl", work / "task" / "validation.jsonl"
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for path, indexes in zip(paths, (train, validation), strict=True):
+        path.write_text("".join(lines[i] + "\n" for i in indexes), encoding="utf-8")
+    return paths
+
+
 def finetune(model_dir: Path, output: Path, seed: int, epochs: int, from_scratch: bool) -> dict[str, Any]:
+    """The classifier, its epoch chosen on the validation split and scored once on the test file."""
+    train, validation = task_files(output.parent)
     command = [str(ROOT / "launch" / "finetune.sh"), "classify", "--model", str(model_dir)]
-    command += ["--train", str(CLASSIFY_TRAIN), "--validation", str(CLASSIFY_VALIDATION), "--output", str(output)]
+    command += ["--train", str(train), "--validation", str(validation), "--test", str(CLASSIFY_TEST)]
+    command += ["--output", str(output)]
     command += ["--epochs", str(epochs), "--learning-rate", str(FINETUNE["learning_rate"])]
     command += ["--batch-size", str(FINETUNE["batch_size"]), "--max-seq-length", str(FINETUNE["max_seq_length"])]
     command += ["--tracking-uri", "off", "--no-register", "--seed", str(seed)]
@@ -589,8 +606,8 @@ def finetune(model_dir: Path, output: Path, seed: int, epochs: int, from_scratch
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
     by_epoch = sorted((r for r in records if "eval_accuracy" in r and "epoch" in r), key=lambda r: r["epoch"])
     return {
-        "accuracy_final": by_epoch[-1]["eval_accuracy"],
-        "accuracy_best": summary["evaluation"]["accuracy"],
+        "accuracy_test": summary["test"]["accuracy"],
+        "accuracy_validation": summary["evaluation"]["accuracy"],
         "best_epoch": summary["best_epoch"],
         "accuracy_by_epoch": [r["eval_accuracy"] for r in by_epoch],
         "wall_s": wall,
@@ -627,7 +644,8 @@ def run_seed(settings: Settings, seed: int, arms: Sequence[str], evaluation: Hel
         print(
             f"  seed {seed} {arm:6s}: [MASK] loss {final['mask_loss']:.3f} (unigram {final['mask_unigram_loss']:.3f}), "
             f"[MASK] acc {final['mask_accuracy']:.3f}, NSP {final['nsp_accuracy']:.3f}; downstream "
-            f"{tune['accuracy_final']:.3f} (best {tune['accuracy_best']:.3f}){per_step}; arm {run['arm_wall_s']:.0f} s",
+            f"{tune['accuracy_test']:.3f} (validation {tune['accuracy_validation']:.3f}){per_step}; "
+            f"arm {run['arm_wall_s']:.0f} s",
             flush=True,
         )
     return runs
@@ -675,7 +693,7 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
         peer = result_arms["peer"]["summary"].get("seconds_per_step", {}).get("mean")
         ratio = ours / peer if ours and peer else None
     loaded = settings.loaded(seed=seeds[0])
-    labels = [json.loads(line)["label"] for line in CLASSIFY_VALIDATION.read_text().splitlines() if line.strip()]
+    labels = [json.loads(line)["label"] for line in CLASSIFY_TEST.read_text().splitlines() if line.strip()]
     return {
         "benchmark": "learning",
         "machine": cpu_description(),
@@ -707,7 +725,7 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
             "task": str(CLASSIFY_TRAIN.parent.relative_to(ROOT)),
             "epochs": settings.finetune_epochs,
             **FINETUNE,
-            "validation_examples": len(labels),
+            "test_examples": len(labels),
             "majority_share": majority_share(labels),
         },
         "arms": result_arms,
@@ -763,16 +781,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
     by_wall.set(title="Held-out [MASK] loss by wall time", xlabel="seconds since the arm started")
 
     names = [a for a in ARMS if a in arms]
-    means = [arms[a]["summary"]["downstream"]["accuracy_final"]["mean"] for a in names]
-    stds = [number(arms[a]["summary"]["downstream"]["accuracy_final"]["std"], 0.0) for a in names]
+    means = [arms[a]["summary"]["downstream"]["accuracy_test"]["mean"] for a in names]
+    stds = [number(arms[a]["summary"]["downstream"]["accuracy_test"]["std"], 0.0) for a in names]
     downstream.bar(range(len(names)), means, yerr=stds, capsize=6, color=[colours[a] for a in names])
     for index, arm in enumerate(names):
-        accuracies = [r["downstream"]["accuracy_final"] for r in arms[arm]["runs"]]
+        accuracies = [r["downstream"]["accuracy_test"] for r in arms[arm]["runs"]]
         downstream.plot([index] * len(accuracies), accuracies, "k.", alpha=0.6)
     downstream.axhline(result["finetune"]["majority_share"], color="grey", linestyle=":", label="majority class")
     downstream.set_xticks(range(len(names)), [labels[a] for a in names], fontsize=8)
     downstream.set(
-        title=f"Fine-tuned classifier, accuracy after {result['finetune']['epochs']} epochs", ylabel="accuracy"
+        title=f"Fine-tuned classifier, test accuracy (best of {result['finetune']['epochs']} epochs)", ylabel="accuracy"
     )
     downstream.set_ylim(0, 1)
     downstream.legend(fontsize=8)
@@ -805,7 +823,7 @@ def print_summary(result: dict[str, Any]) -> None:
             f"  {arm:6s} [MASK] loss {figure(final['mask_loss'])} (unigram {figure(final['mask_unigram_loss'])}, "
             f"gain {figure(final['mask_gain'])}), [MASK] acc {figure(final['mask_accuracy'])}, "
             f"NSP {figure(final['nsp_accuracy'])} (majority {figure(final['nsp_majority'])}); "
-            f"downstream {figure(tune['accuracy_final'])}"
+            f"downstream test {figure(tune['accuracy_test'])}"
         )
         if "seconds_per_step" in summary:
             line += f"; {figure(summary['seconds_per_step'])} s/step, arm {figure(summary['arm_wall_s'], 0)} s"

@@ -194,7 +194,8 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
             assert not missing, f"{arm} at step {point['step']}: {missing} not finite (null in the JSON)"
         finals[arm] = run["final"]
         downstream = run["downstream"]
-        assert 0 <= downstream["accuracy_final"] <= 1 and len(downstream["accuracy_by_epoch"]) == 1
+        assert 0 <= downstream["accuracy_test"] <= 1 and 0 <= downstream["accuracy_validation"] <= 1
+        assert len(downstream["accuracy_by_epoch"]) == 1
         summary = result["arms"][arm]["summary"]
         assert summary["final"]["mask_loss"] == {"mean": run["final"]["mask_loss"], "std": None, "n": 1}
         if arm != "random":
