@@ -133,14 +133,19 @@ if ! wait $!; then
 fi
 trap - TERM INT
 
+# What is printed never holds a password: scheme://user:secret@host -> scheme://user:***@host.
+redact() { sed -E 's#^([A-Za-z][A-Za-z0-9+.-]*://[^/:@]*):[^/]*@#\1:***@#' <<<"$1"; }
+shown_backend=$(redact "$backend")
+shown_artifacts=$(redact "$artifacts")
+
 if ((background)); then
   echo "$server" >"$pid_file"
-  echo "mlflow_server.sh: server $server on $uri (store $backend, artifacts $artifacts); pid in $pid_file, log in $dir/server.log" >&2
+  echo "mlflow_server.sh: server $server on $uri (store $shown_backend, artifacts $shown_artifacts); pid in $pid_file, log in $dir/server.log" >&2
   echo "$uri"
   exit 0
 fi
 
-echo "mlflow_server.sh: serving $uri (store $backend, artifacts $artifacts); SIGTERM or Ctrl-C stops it" >&2
+echo "mlflow_server.sh: serving $uri (store $shown_backend, artifacts $shown_artifacts); SIGTERM or Ctrl-C stops it" >&2
 echo "$uri"
 signalled=0
 trap 'signalled=1; stop' TERM INT

@@ -22,6 +22,7 @@ from typing import Literal
 from urllib.parse import quote
 
 from model.config import BertConfig
+from pipeline.redaction import redact_credentials
 from pipeline.registry import DIGESTS_FILE, HF_ARTIFACT, directory_digests
 from pipeline.weights import checkpoint_tag_dir, model_config_of
 
@@ -87,20 +88,22 @@ def _from_registry(
             f"--tracking-uri (a run's embedded store is sqlite:///<output>/mlflow.db)"
         )
     client = MlflowClient(uri)
+    shown = redact_credentials(uri)
     try:
         if alias is not None and alias.lower() != "latest":
             found = client.get_model_version_by_alias(name, alias)
         elif (alias or version or "").lower() == "latest":
             versions = client.search_model_versions(f"name = '{name}'")
             if not versions:
-                raise ModelSourceError(f"{spec}: registered model {name!r} has no versions at {uri}")
+                raise ModelSourceError(f"{spec}: registered model {name!r} has no versions at {shown}")
             found = max(versions, key=lambda v: int(v.version))
         else:
             found = client.get_model_version(name, version)
     except MlflowException as error:
-        raise ModelSourceError(f"{spec}: not found at {uri} ({error.message})") from error
+        raise ModelSourceError(f"{spec}: not found at {shown} ({redact_credentials(error.message)})") from None
 
-    target = cache_root() / "registry" / quote(uri, safe="") / name / str(found.version)
+    # Keyed by the URI without its password: the same models, and no secret in a directory name.
+    target = cache_root() / "registry" / quote(shown, safe="") / name / str(found.version)
     if not (target / "config.json").is_file():
         _download(found.source, target, uri)
     return ResolvedModel(spec, "registry", target, f"{name}/{found.version}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import PRESETS
+from pipeline.redaction import redact_credentials
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,9 @@ def register_export(
         )
     client = MlflowClient(tracking_uri)
     if run_id is not None and not _run_exists(client, run_id):
-        log.warning("MLflow run %s is not in %s: the model is logged in a new run", run_id, tracking_uri)
+        log.warning(
+            "MLflow run %s is not in %s: the model is logged in a new run", run_id, redact_credentials(tracking_uri)
+        )
         run_id = None
     if run_id is None:
         experiment_id = _experiment_id(client, experiment, tracking_uri)

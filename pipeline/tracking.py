@@ -32,6 +32,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from pipeline.redaction import redact_credentials
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_DB = "mlflow.db"
@@ -66,15 +68,15 @@ def default_artifact_location(uri: str) -> str | None:
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested dicts become dotted keys; values become strings cut to MLflow's length limit with a marker
-    (MLflow refuses longer values, and a refused batch would lose its neighbours)."""
+    """Nested dicts become dotted keys; values become strings, without a URI's password, cut to MLflow's
+    length limit with a marker (MLflow refuses longer values, and a refused batch would lose its neighbours)."""
     flat: dict[str, str] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, name + "."))
         else:
-            flat[name] = _truncate(str(value), MAX_PARAM_VALUE)
+            flat[name] = _truncate(redact_credentials(str(value)), MAX_PARAM_VALUE)
     return flat
 
 
@@ -174,6 +176,7 @@ class RunTracker:
         system_metrics_interval_s: float | None = 10.0,
     ) -> None:
         self.uri = uri
+        self.shown_uri = redact_credentials(uri)  # for messages: never the password
         self.artifact_location = artifact_location
         self.flush_interval_s = flush_interval_s
         self.retry_max_s = retry_max_s
@@ -286,7 +289,9 @@ class RunTracker:
         if self._off:
             return
         with self._lock:
-            self._tags.update({str(key): _truncate(str(value), MAX_TAG_VALUE) for key, value in tags.items()})
+            self._tags.update(
+                {str(key): _truncate(redact_credentials(str(value)), MAX_TAG_VALUE) for key, value in tags.items()}
+            )
 
     def finish(self, status: Status = "FINISHED", timeout_s: float = 30.0) -> int:
         """Send what is pending and end the run with `status`, waiting at most `timeout_s`. Returns the number
@@ -308,7 +313,7 @@ class RunTracker:
                 "%d MLflow records could not be sent to %s (%d pending, %d dropped from a full backlog, "
                 "%d refused); metrics.jsonl has them%s",
                 self._unsent,
-                self.uri,
+                self.shown_uri,
                 pending,
                 self._dropped,
                 self._rejected,
@@ -390,7 +395,7 @@ class RunTracker:
                 if run.info.status != "RUNNING":
                     client.update_run(run.info.run_id, status="RUNNING")
                 self._known_params = dict(run.data.params)
-                log.info("MLflow: continuing run %s at %s", run.info.run_id, self.uri)
+                log.info("MLflow: continuing run %s at %s", run.info.run_id, self.shown_uri)
                 return
         experiment_id = self._experiment_id(client, request.experiment)
         tags = {"bertpipe.resumed_from_run_id": request.run_id} if request.run_id else {}
@@ -407,7 +412,7 @@ class RunTracker:
             run.info.run_id,
             run.info.run_name,
             request.experiment,
-            self.uri,
+            self.shown_uri,
         )
 
     def _existing_run(self, client: MlflowClient, run_id: str) -> Any:
@@ -416,7 +421,7 @@ class RunTracker:
         except MlflowException as error:
             if _is_transient(error):
                 raise
-            log.warning("MLflow run %s is not in %s (%s): starting a new run", run_id, self.uri, error.message)
+            log.warning("MLflow run %s is not in %s (%s): starting a new run", run_id, self.shown_uri, error.message)
             return None
         if run.info.lifecycle_stage == "deleted":
             log.warning("MLflow run %s was deleted: starting a new run", run_id)
@@ -493,7 +498,7 @@ class RunTracker:
 
     def _mark_up(self) -> None:
         if self._up is False:
-            log.info("MLflow tracking at %s answers again: logging resumed", self.uri)
+            log.info("MLflow tracking at %s answers again: logging resumed", self.shown_uri)
         self._up = True
 
     def _mark_down(self, error: BaseException) -> None:
@@ -501,13 +506,13 @@ class RunTracker:
             log.warning(
                 "MLflow tracking at %s is unavailable (%s); training goes on, records wait in memory and the run "
                 "is created when it answers",
-                self.uri,
+                self.shown_uri,
                 _short(error),
             )
         elif self._up:
             log.warning(
                 "MLflow tracking at %s stopped answering (%s); records wait in memory (up to %d) and are retried",
-                self.uri,
+                self.shown_uri,
                 _short(error),
                 self._metrics.maxlen,
             )
@@ -524,7 +529,7 @@ class RunTracker:
 
 
 def _short(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = redact_credentials(str(error).splitlines()[0]) if str(error) else type(error).__name__
     return text if len(text) <= 200 else text[:200] + "..."
 
 
@@ -542,7 +547,7 @@ def open_run(
     started = tracker.start(experiment, run_id, Path(output_dir).name, tags, wait_s=5.0)
     tracker.log_params(params)
     if started is not None:
-        log.info("MLflow run %s at %s", started, tracker.uri)
+        log.info("MLflow run %s at %s", started, tracker.shown_uri)
     return tracker
 
 

@@ -145,3 +145,47 @@ def test_a_run_directory_is_a_model_to_fine_tune(pretraining_dataset, tmp_path):
     assert json.loads((tuned / "base_model" / "export_info.json").read_text())["tag"] == "step00000002"
     summary = json.loads((tuned / "finetune_summary.json").read_text())
     assert summary["registered"].startswith("models:/bert-tiny-classify/1")
+
+
+@pytest.mark.slow
+def test_no_password_reaches_a_log_line_a_parameter_or_a_cache_path(
+    finished_run, servers, tmp_path, monkeypatch, caplog
+):
+    """A tracking URI with credentials (a real server on 127.0.0.1 that ignores them): the password is in none
+    of what the tracker logs and records, nor in the registry cache's directory names."""
+    import logging
+
+    from mlflow import MlflowClient
+
+    from pipeline.export import export_checkpoint
+    from pipeline.tracking import RunTracker
+    from tests.pretrain_runs import free_port
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("BERTPIPE_CACHE", str(tmp_path / "cache"))
+    port = free_port()
+    server = servers(tmp_path / "store", port)
+    secret_uri = f"http://alice:s3cr3t@127.0.0.1:{port}"
+
+    tracker = RunTracker(secret_uri, system_metrics_interval_s=None, flush_interval_s=0.2, retry_max_s=1.0)
+    tracker.start("credentials", run_name="redacted", tags={"source": secret_uri})
+    tracker.log_params({"tracking": {"uri": secret_uri}})
+    tracker.log_metrics(1, {"loss": 1.0})
+    assert tracker.finish(timeout_s=60) == 0
+    run = MlflowClient(server.uri).get_run(tracker.run_id)
+    assert run.data.params == {"tracking.uri": f"http://alice:***@127.0.0.1:{port}"}
+    assert run.data.tags["source"] == f"http://alice:***@127.0.0.1:{port}"
+
+    exported = export_checkpoint(finished_run, tmp_path / "exported", tag="step00000003")
+    registered = register_export(exported, secret_uri, "bert-tiny")
+    resolved = resolve_model(f"models:/bert-tiny/{registered.version}", secret_uri)
+    assert resolved.kind == "registry" and (resolved.path / "config.json").is_file()
+    cached = [str(p) for p in (tmp_path / "cache").rglob("*")]
+    assert cached and not [p for p in cached if "s3cr3t" in p]
+    with pytest.raises(ModelSourceError) as error:
+        resolve_model("models:/nothing@champion", secret_uri)
+    assert "alice:***@" in str(error.value) and "s3cr3t" not in str(error.value)
+
+    logged = [record.getMessage() for record in caplog.records]
+    assert any("alice:***@" in message for message in logged)
+    assert not [message for message in logged if "s3cr3t" in message]
