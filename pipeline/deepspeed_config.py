@@ -141,12 +141,11 @@ def keys_deepspeed_reads(config: dict[str, Any]) -> set[str]:
             asked.add(key)
             return super().__contains__(key)
 
-    # DeepSpeed checks the batch sizes against the world size it sees, here 1.
-    single = dict(
-        config, train_batch_size=config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"]
-    )
+    # DeepSpeed checks the global batch against the world size it sees (1 before torch.distributed starts, the
+    # real one after); `resolve_batch_sizes` has checked it already, so DeepSpeed derives it here.
+    without_global_batch = {key: value for key, value in config.items() if key != "train_batch_size"}
     try:
-        DeepSpeedConfig(Recording(single))
+        DeepSpeedConfig(Recording(without_global_batch))
     except (AssertionError, ValueError) as error:  # pydantic's ValidationError is a ValueError
         raise TrainConfigError(f"DeepSpeed refuses the DeepSpeed config: {error}") from None
     return asked
@@ -155,7 +154,7 @@ def keys_deepspeed_reads(config: dict[str, Any]) -> set[str]:
 def check_known_keys(config: dict[str, Any]) -> None:
     """DeepSpeed ignores a top-level key it does not know without a word, so a misspelt `zero_optimization`
     would train without ZeRO: refuse such keys, with the closest known one."""
-    known = keys_deepspeed_reads(config)
+    known = keys_deepspeed_reads(config) | {"train_batch_size"}
     unknown = sorted(set(config) - known)
     if unknown:
         hints = []
