@@ -209,7 +209,9 @@ class Trainer:
         if self.resume_tag is None:
             return None
         client_state, rank_state = checkpointing.load(self.engine, self.output / CHECKPOINTS, self.resume_tag)
-        checkpointing.restore_rng_states(rank_state["rng"])
+        # Restored only once the data loader is built (`run`): starting its iterator draws from torch's
+        # generator, which the interrupted run had done before its first step, not at the checkpoint.
+        self.saved_rng_states = rank_state["rng"]
         self.run_id = client_state.get("run_id")
         if client_state.get("dataset_manifest_sha256") != self.manifest_sha256:
             log.warning("resuming on a different dataset than the checkpoint's: the data order restarts")
@@ -223,8 +225,11 @@ class Trainer:
     def run(self) -> int:
         self.run_id: str | None = None
         self.build_engine()
+        self.saved_rng_states: dict[str, Any] | None = None
         saved_data = self.restore()
         self.build_data(saved_data)
+        if self.saved_rng_states is not None:
+            checkpointing.restore_rng_states(self.saved_rng_states)
         step = self.engine.global_steps
         resumed_step = step if self.resume_tag is not None else None
         is_main = self.rank == 0

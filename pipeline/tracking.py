@@ -208,6 +208,7 @@ class RunTracker:
         self._terminated = False
         self._up: bool | None = None  # None until the first attempt
         self._known_params: dict[str, str] = {}
+        self._logged_through: dict[str, int] = {}  # per metric, the last step a continued run already holds
         self._unsent: int | None = None
 
     @classmethod
@@ -395,6 +396,12 @@ class RunTracker:
                 if run.info.status != "RUNNING":
                     client.update_run(run.info.run_id, status="RUNNING")
                 self._known_params = dict(run.data.params)
+                # A resumed run recomputes the steps after its checkpoint (bit-exactly): the ones the
+                # interrupted run had sent already are not sent again, so each step has one value.
+                self._logged_through = {
+                    key: max((m.step for m in client.get_metric_history(run.info.run_id, key)), default=-1)
+                    for key in run.data.metrics
+                }
                 log.info("MLflow: continuing run %s at %s", run.info.run_id, self.shown_uri)
                 return
         experiment_id = self._experiment_id(client, request.experiment)
@@ -448,7 +455,11 @@ class RunTracker:
             try:
                 client.log_batch(
                     self._run_id,
-                    metrics=[Metric(key, value, ts, step) for key, value, ts, step in batch.metrics],
+                    metrics=[
+                        Metric(key, value, ts, step)
+                        for key, value, ts, step in batch.metrics
+                        if step > self._logged_through.get(key, -1)
+                    ],
                     params=[Param(key, value) for key, value in batch.params],
                     tags=[RunTag(key, value) for key, value in batch.tags],
                     synchronous=True,
