@@ -251,6 +251,9 @@ class Trainer:
             self._status("failed", self.engine.global_steps, str(error))
             log.error("%s", error)
             return 1
+        except Exception as error:  # a bad shard, a lost rank, a full disk: pollers must not read "running"
+            self._status("failed", self.engine.global_steps, f"{type(error).__name__}: {error}"[:2000])
+            raise
         finally:
             bar.close()
             self.batches.close()
