@@ -36,44 +36,37 @@ PYDOCS_CORPUS = Path(__file__).parent / "data" / "pydocs" / "corpus.txt"
 DEMO_CORPUS = PYDOCS_CORPUS.parent / "demo_corpus.txt"
 
 
-@pytest.fixture(scope="session")
-def pretraining_dataset(tmp_path_factory) -> Path:
-    """Shards made by the real Beam job (in-process runner) from the shipped Python-docs corpus, with a
-    3000-token vocabulary trained on it; several train shards and a validation split."""
+def build_dataset(root: Path, corpus: Path, vocab_size: int, **job: float) -> Path:
+    """Shards made by the real Beam job (in-process runner) from `corpus`, with a WordPiece vocabulary of
+    `vocab_size` trained on it; `job` sets the JobParams fields."""
     from preprocessing import preprocess
     from preprocessing.beam_job import JobParams
     from preprocessing.tokenizer import tokenizer_files, train_wordpiece
 
-    root = tmp_path_factory.mktemp("pretraining")
-    lines = [line for line in PYDOCS_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
     tokenizer_dir = root / "tokenizer"
     tokenizer_dir.mkdir()
-    for name, data in tokenizer_files(train_wordpiece(lines, vocab_size=3000, lowercase=True)).items():
+    for name, data in tokenizer_files(train_wordpiece(lines, vocab_size=vocab_size, lowercase=True)).items():
         (tokenizer_dir / name).write_bytes(data)
-    params = JobParams(dupe_factor=2, validation_fraction=0.1, bucket_mb=0.1, shard_mb=0.3, seed=11)
     runner = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
-    preprocess.run([str(PYDOCS_CORPUS)], str(tokenizer_dir), str(root / "dataset"), params, runner)
+    preprocess.run([str(corpus)], str(tokenizer_dir), str(root / "dataset"), JobParams(seed=11, **job), runner)
     return root / "dataset"
+
+
+@pytest.fixture(scope="session")
+def pretraining_dataset(tmp_path_factory) -> Path:
+    """The shipped Python-docs corpus with a 3000-token vocabulary; several train shards and a validation
+    split."""
+    job = {"dupe_factor": 2, "validation_fraction": 0.1, "bucket_mb": 0.1, "shard_mb": 0.3}
+    return build_dataset(tmp_path_factory.mktemp("pretraining"), PYDOCS_CORPUS, 3000, **job)
 
 
 @pytest.fixture(scope="session")
 def demo_corpus_dataset(tmp_path_factory) -> Path:
     """The demo's corpus (2.1 MB) as the demo prepares it, one pass (dupe factor 1) and a 4096-token
     vocabulary: enough text that a short run learns what carries over to held-out documents."""
-    from preprocessing import preprocess
-    from preprocessing.beam_job import JobParams
-    from preprocessing.tokenizer import tokenizer_files, train_wordpiece
-
-    root = tmp_path_factory.mktemp("demo_corpus")
-    lines = [line for line in DEMO_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
-    tokenizer_dir = root / "tokenizer"
-    tokenizer_dir.mkdir()
-    for name, data in tokenizer_files(train_wordpiece(lines, vocab_size=4096, lowercase=True)).items():
-        (tokenizer_dir / name).write_bytes(data)
-    params = JobParams(dupe_factor=1, validation_fraction=0.02, bucket_mb=1, shard_mb=4, seed=11)
-    runner = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
-    preprocess.run([str(DEMO_CORPUS)], str(tokenizer_dir), str(root / "dataset"), params, runner)
-    return root / "dataset"
+    job = {"dupe_factor": 1, "validation_fraction": 0.02, "bucket_mb": 1, "shard_mb": 4}
+    return build_dataset(tmp_path_factory.mktemp("demo_corpus"), DEMO_CORPUS, 4096, **job)
 
 
 @pytest.fixture
