@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_description, cpu_model
 from model.heads import IGNORE_INDEX
+from pipeline.dataset_check import load_manifest
 from pipeline.deepspeed_config import resolve_batch_sizes
 from pipeline.demo.downstream import carve_validation
 from pipeline.demo.layout import SPLIT_SEED, VALIDATION_FRACTION
@@ -266,10 +267,10 @@ def held_out(settings: Settings) -> HeldOut:
     from pipeline.loader import SplitSpec, evaluation_batches, target_counts
     from pipeline.pretrain import UNIGRAM_SAMPLES  # the trainer's own sample count for the baseline
 
-    manifest = json.loads((settings.dataset / "manifest.json").read_text())
+    manifest = load_manifest(settings.dataset)
     train = settings.loaded(seed=0).train
-    special = manifest["tokenizer"]["special_token_ids"]
-    vocab = int(manifest["tokenizer"]["vocab_size"])
+    special = manifest.tokenizer.special_token_ids
+    vocab = manifest.tokenizer.vocab_size
     train_spec = SplitSpec.from_manifest(settings.dataset, manifest, "train")
     validation_spec = SplitSpec.from_manifest(settings.dataset, manifest, "validation")
     counts = target_counts(train_spec, vocab, UNIGRAM_SAMPLES, train.verify_checksums)
@@ -424,9 +425,9 @@ def pair_examples(dataset: Path, verify: bool = True) -> list[dict[str, Any]]:
     from preprocessing.masking import unmask
     from preprocessing.shards import decode_sample
 
-    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest = load_manifest(dataset)
     spec = SplitSpec.from_manifest(dataset, manifest, "train")
-    special = np.array(sorted(manifest["tokenizer"]["special_token_ids"].values()))
+    special = np.array(sorted(manifest.tokenizer.special_token_ids.values()))
     dtype = np.dtype(spec.token_dtype)
     examples = []
     for shard, size in enumerate(spec.shard_sizes):
@@ -516,12 +517,12 @@ def run_peer(settings: Settings, seed: int, run_dir: Path, evaluation: HeldOut) 
     start = time.monotonic()
     clock = lambda: time.monotonic() - start  # noqa: E731
     torch.set_num_threads(PEER_THREADS)
-    manifest = json.loads((settings.dataset / "manifest.json").read_text())
+    manifest = load_manifest(settings.dataset)
     examples = pair_examples(settings.dataset, settings.loaded(seed).train.verify_checksums)
     tokenizer = transformers.AutoTokenizer.from_pretrained(settings.dataset)
     collator = NspMlmCollator(DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15))
     transformers.set_seed(seed)
-    model = transformers.BertForPreTraining(peer_config(settings, int(manifest["tokenizer"]["vocab_size"])))
+    model = transformers.BertForPreTraining(peer_config(settings, manifest.tokenizer.vocab_size))
     evaluated = set(evaluation_steps(settings.steps, settings.eval_every))
     timed = set(logged_steps(settings.steps, settings.log_every))
     step_times: dict[int, float] = {}
@@ -567,9 +568,9 @@ def run_random(settings: Settings, seed: int, evaluation: HeldOut) -> dict[str, 
     from pipeline.evaluate import evaluate
 
     start = time.monotonic()
-    manifest = json.loads((settings.dataset / "manifest.json").read_text())
+    manifest = load_manifest(settings.dataset)
     transformers.set_seed(seed)
-    model = transformers.BertForPreTraining(peer_config(settings, int(manifest["tokenizer"]["vocab_size"])))
+    model = transformers.BertForPreTraining(peer_config(settings, manifest.tokenizer.vocab_size))
     adapter = PretrainingAdapter(model)
     result = evaluate(adapter, evaluation.batches, torch.device("cpu"), evaluation.mask_id, evaluation.unigram)
     curve = [{"step": 0, "wall_s": 0.0, **eval_figures(result.as_metrics())}]
@@ -666,13 +667,13 @@ def summarize_arm(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def dataset_facts(dataset: Path) -> dict[str, Any]:
-    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest = load_manifest(dataset)
     return {
         "corpus": str(CORPUS.relative_to(ROOT)),
-        "vocab_size": manifest["tokenizer"]["vocab_size"],
-        "parameters": manifest["parameters"],
-        "train_samples": manifest["splits"]["train"]["samples"],
-        "validation_samples": manifest["splits"]["validation"]["samples"],
+        "vocab_size": manifest.tokenizer.vocab_size,
+        "parameters": manifest.parameters,
+        "train_samples": manifest.splits["train"].samples,
+        "validation_samples": manifest.splits["validation"].samples,
     }
 
 

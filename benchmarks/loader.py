@@ -44,8 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_description, cpu_model
 from pipeline import data_plan
 from pipeline.collate import collate, remask
+from pipeline.dataset_check import load_manifest
 from pipeline.loader import SplitSpec, StreamOptions, stream_batches
 from pipeline.shard_reader import read_shard_members
+from preprocessing.manifest import Manifest
 from preprocessing.randomness import numpy_rng
 from preprocessing.shards import SAMPLE_EXTENSION, decode_sample
 from preprocessing.tokenizer import load_tokenizer, masking_rule
@@ -176,25 +178,25 @@ def stage_timers(spec: SplitSpec, options: StreamOptions, samples: int) -> dict[
     return {name: per_sample_us(function) for name, function in stages.items()}
 
 
-def dataset_facts(directory: Path, manifest: dict[str, Any], spec: SplitSpec) -> dict[str, Any]:
+def dataset_facts(directory: Path, manifest: Manifest, spec: SplitSpec) -> dict[str, Any]:
     sizes = [(directory / name).stat().st_size for name in spec.shard_names]
     return {
         "directory": str(directory),
-        "parameters": manifest["parameters"],
-        "vocab_size": manifest["tokenizer"]["vocab_size"],
+        "parameters": manifest.parameters,
+        "vocab_size": manifest.tokenizer.vocab_size,
         "token_dtype": spec.token_dtype,
         "train_samples": spec.samples,
         "train_shards": len(spec.shard_names),
         "shard_samples": list(spec.shard_sizes),
         "shard_bytes": sizes,
-        "mean_tokens_per_sample": manifest["totals"]["tokens"] / manifest["totals"]["samples"],
+        "mean_tokens_per_sample": manifest.totals["tokens"] / manifest.totals["samples"],
     }
 
 
 def run(dataset: Path, args: argparse.Namespace) -> dict[str, Any]:
-    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest = load_manifest(dataset)
     spec = SplitSpec.from_manifest(dataset, manifest, "train")
-    parameters = manifest["parameters"]
+    parameters = manifest.parameters
     rule = masking_rule(
         load_tokenizer(dataset), parameters["masked_lm_prob"], parameters["max_predictions_per_seq"], False
     )

@@ -29,6 +29,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_description
+from pipeline.dataset_check import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "data" / "pydocs" / "corpus.txt"
@@ -99,15 +100,15 @@ def run_job(corpus: Path, tokenizer: Path, output: Path, workers: int, args: arg
     log = process.stdout.read().decode(errors="replace")
     if process.returncode:
         raise RuntimeError(f"preprocess failed ({process.returncode}):\n{log[-3000:]}")
-    manifest = json.loads((output / "manifest.json").read_text())
-    tokens = manifest["totals"]["tokens"]
+    manifest = load_manifest(output)
+    tokens = manifest.totals["tokens"]
     return {
         "workers": workers,
         "corpus_bytes": sum(p.stat().st_size for p in corpus.glob("corpus-*.txt")),
         "wall_s": wall,
         "output_tokens": tokens,
-        "samples": manifest["totals"]["samples"],
-        "shards": manifest["totals"]["shards"],
+        "samples": manifest.totals["samples"],
+        "shards": manifest.totals["shards"],
         "tokens_per_s": tokens / wall,
         "tokens_per_s_per_core": tokens / wall / workers,
         "peak_rss_bytes": peak,

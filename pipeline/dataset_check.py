@@ -4,11 +4,10 @@ does not fit would otherwise surface as an index error deep inside the first ste
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from model.config import BertConfig
-from preprocessing.filesystem import exists, join, read_bytes, read_json
-from preprocessing.manifest import FORMAT_VERSION, MANIFEST_NAME
+from preprocessing.manifest import MANIFEST_NAME, Manifest, ManifestError
+from preprocessing.storage import exists, join, read_bytes, read_json
 from preprocessing.tokenizer import VOCAB_TXT
 
 
@@ -16,7 +15,7 @@ class DatasetMismatch(ValueError):
     """The dataset and the model disagree; the message names both values."""
 
 
-def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
+def load_manifest(dataset_dir: str | Path) -> Manifest:
     path = join(str(dataset_dir), MANIFEST_NAME)
     if not exists(str(dataset_dir)):
         raise FileNotFoundError(f"dataset directory {dataset_dir} does not exist; run `bertpipe preprocess` first")
@@ -25,23 +24,22 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
             f"{dataset_dir} has no {MANIFEST_NAME}: not a finished dataset (an interrupted `bertpipe preprocess` "
             f"leaves none; rerun it into the same directory)"
         )
-    manifest = read_json(path)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DatasetMismatch(
-            f"{path} has format_version {manifest.get('format_version')!r}; this version reads {FORMAT_VERSION}"
-        )
+    try:
+        manifest = Manifest.from_dict(read_json(path), source=path)
+    except ManifestError as error:
+        raise DatasetMismatch(str(error)) from error
     check_vocabulary_file(str(dataset_dir), manifest)
     return manifest
 
 
-def check_vocabulary_file(dataset_dir: str, manifest: dict[str, Any]) -> None:
+def check_vocabulary_file(dataset_dir: str, manifest: Manifest) -> None:
     """The vocabulary written beside the shards must have the size the manifest states: the model is built
     from the manifest and exported with that vocabulary, which would then contradict each other."""
     vocab_path = join(dataset_dir, VOCAB_TXT)
     if not exists(vocab_path):
         return
     tokens = len(read_bytes(vocab_path).decode("utf-8").splitlines())
-    stated = manifest["tokenizer"]["vocab_size"]
+    stated = manifest.tokenizer.vocab_size
     if tokens != stated:
         raise DatasetMismatch(
             f"{join(dataset_dir, MANIFEST_NAME)} states a vocabulary of {stated} tokens but {vocab_path} has "
@@ -49,22 +47,20 @@ def check_vocabulary_file(dataset_dir: str, manifest: dict[str, Any]) -> None:
         )
 
 
-def check_against_model(manifest: dict[str, Any], config: BertConfig) -> None:
+def check_against_model(manifest: Manifest, config: BertConfig) -> None:
     """Vocabulary size, sequence length and [PAD] id must agree."""
-    tokenizer = manifest["tokenizer"]
-    parameters = manifest["parameters"]
     problems = []
-    if tokenizer["vocab_size"] != config.vocab_size:
+    if manifest.tokenizer.vocab_size != config.vocab_size:
         problems.append(
-            f"the dataset's vocabulary has {tokenizer['vocab_size']} tokens but the model's vocab_size is "
+            f"the dataset's vocabulary has {manifest.tokenizer.vocab_size} tokens but the model's vocab_size is "
             f"{config.vocab_size}"
         )
-    if parameters["max_seq_length"] > config.max_position_embeddings:
+    if manifest.max_seq_length > config.max_position_embeddings:
         problems.append(
-            f"the dataset's max_seq_length is {parameters['max_seq_length']} but the model has only "
+            f"the dataset's max_seq_length is {manifest.max_seq_length} but the model has only "
             f"{config.max_position_embeddings} positions (max_position_embeddings)"
         )
-    pad_id = tokenizer["special_token_ids"]["[PAD]"]
+    pad_id = manifest.tokenizer.pad_id
     if pad_id != config.pad_token_id:
         problems.append(f"the dataset's [PAD] id is {pad_id} but the model's pad_token_id is {config.pad_token_id}")
     if problems:

@@ -27,10 +27,11 @@ from model.heads import IGNORE_INDEX
 from pipeline import data_plan
 from pipeline.collate import collate, remask
 from pipeline.shard_reader import ShardError, read_shard_members
-from preprocessing.filesystem import join
+from preprocessing.manifest import Manifest
 from preprocessing.masking import MaskingRule
 from preprocessing.randomness import numpy_rng
 from preprocessing.shards import Sample, decode_sample
+from preprocessing.storage import join
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +55,18 @@ class SplitSpec:
     max_seq_length: int
 
     @classmethod
-    def from_manifest(cls, directory: str | Path, manifest: dict[str, Any], split: str) -> SplitSpec:
-        shards = manifest["splits"][split]["shards"]
+    def from_manifest(cls, directory: str | Path, manifest: Manifest, split: str) -> SplitSpec:
+        shards = manifest.splits[split].shards
         return cls(
             directory=str(directory),
             split=split,
-            shard_names=tuple(s["name"] for s in shards),
-            shard_sizes=tuple(int(s["samples"]) for s in shards),
-            shard_sha256=tuple(s["sha256"] for s in shards),
-            token_dtype=manifest["token_dtype"],
-            pad_id=int(manifest["tokenizer"]["special_token_ids"]["[PAD]"]),
-            max_predictions=int(manifest["parameters"]["max_predictions_per_seq"]),
-            max_seq_length=int(manifest["parameters"]["max_seq_length"]),
+            shard_names=tuple(s.name for s in shards),
+            shard_sizes=tuple(s.samples for s in shards),
+            shard_sha256=tuple(s.sha256 for s in shards),
+            token_dtype=manifest.token_dtype,
+            pad_id=manifest.tokenizer.pad_id,
+            max_predictions=manifest.max_predictions,
+            max_seq_length=manifest.max_seq_length,
         )
 
     @property

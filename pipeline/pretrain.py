@@ -6,11 +6,10 @@ train micro-batch by micro-batch -> at step boundaries: metrics, evaluation, che
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from pipeline.schedule import Schedule
 from pipeline.tracking import RunTracker, code_version, open_run
 from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
 from pipeline.weights import load_initial_weights, model_config_of
+from preprocessing.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class StopRequest:
         self.signal_name = signal.Signals(number).name
 
 
-def resolve_model_config(train: TrainConfig, manifest: dict[str, Any], init_from: str | None) -> BertConfig:
+def resolve_model_config(train: TrainConfig, manifest: Manifest, init_from: str | None) -> BertConfig:
     """The model to train: from --init-from's stored config, else the preset or directory in train.json.
     A preset's vocabulary follows the dataset's tokenizer unless model_overrides pins vocab_size."""
     stored = model_config_of(Path(init_from)) if init_from else None
@@ -84,7 +84,7 @@ def resolve_model_config(train: TrainConfig, manifest: dict[str, Any], init_from
         return stored.replace(**train.model_overrides) if train.model_overrides else stored
     if Path(train.model).is_dir():
         return BertConfig.from_pretrained(train.model).replace(**train.model_overrides)
-    overrides = {"vocab_size": manifest["tokenizer"]["vocab_size"], **train.model_overrides}
+    overrides = {"vocab_size": manifest.tokenizer.vocab_size, **train.model_overrides}
     return BertConfig.from_preset(train.model, **overrides)
 
 
@@ -130,14 +130,14 @@ class Trainer:
         )
         self.train_spec = SplitSpec.from_manifest(request.dataset, self.manifest, "train")
         self.validation_spec = SplitSpec.from_manifest(request.dataset, self.manifest, "validation")
-        self.manifest_sha256 = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
+        self.manifest_sha256 = self.manifest.sha256
         self.resume_tag = check_output(self.output, request.resume)
         self.rank, self.world_size, self.on_gpu = init_distributed()
         self.ds_config, self.optimizer_spec, self.batch_sizes = deepspeed_config.prepare(
             self.config.deepspeed, self.world_size, self.on_gpu
         )
         self.nodes = node_count(self.world_size)
-        special = self.manifest["tokenizer"]["special_token_ids"]
+        special = self.manifest.tokenizer.special_token_ids
         self.mask_id = int(special["[MASK]"])
         counts = target_counts(
             self.train_spec,
@@ -176,7 +176,7 @@ class Trainer:
         if train.dynamic_masking:
             from preprocessing.tokenizer import load_tokenizer, masking_rule
 
-            parameters = self.manifest["parameters"]
+            parameters = self.manifest.parameters
             rule = masking_rule(
                 load_tokenizer(self.request.dataset),
                 parameters["masked_lm_prob"],
@@ -395,7 +395,7 @@ class Trainer:
         peak = peak_bf16_flops(torch.cuda.get_device_name())
         if peak is None:
             return None
-        predictions = self.manifest["parameters"]["max_predictions_per_seq"]
+        predictions = self.manifest.max_predictions
         flops = pretraining_step_flops(self.model_config, round(padded_length), predictions)
         return flops * sequences_per_s / (peak * self.world_size)
 
@@ -455,7 +455,7 @@ class Trainer:
             "world_size": self.world_size,
             "nodes": self.nodes,
             "dataset_sha256": self.manifest_sha256,
-            "tokenizer_vocab_sha256": self.manifest["tokenizer"].get("vocab_sha256"),
+            "tokenizer_vocab_sha256": self.manifest.tokenizer.vocab_sha256,
             "output": str(self.output.resolve()),
         }
         if self.resume_tag is not None:
@@ -477,11 +477,11 @@ class Trainer:
             "dataset": {
                 "path": str(Path(self.request.dataset).resolve()),
                 "manifest_sha256": self.manifest_sha256,
-                "parameters": manifest["parameters"],
-                "tokenizer": {k: v for k, v in manifest["tokenizer"].items() if k != "special_token_ids"},
-                "totals": manifest["totals"],
-                "train_samples": manifest["splits"]["train"]["samples"],
-                "validation_samples": manifest["splits"]["validation"]["samples"],
+                "parameters": manifest.parameters,
+                "tokenizer": {k: v for k, v in asdict(manifest.tokenizer).items() if k != "special_token_ids"},
+                "totals": manifest.totals,
+                "train_samples": manifest.splits["train"].samples,
+                "validation_samples": manifest.splits["validation"].samples,
             },
             "init_from": self.request.init_from,
             "world_size": self.world_size,

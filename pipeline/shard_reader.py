@@ -1,4 +1,5 @@
-"""One shard -> its samples' encoded bytes, read through webdataset and checked against the manifest."""
+"""One shard -> its samples' encoded bytes, read through the dataset's storage layer, split by webdataset's tar
+reader and checked against the manifest."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import hashlib
 import io
 import tarfile
 
-import webdataset
 from webdataset.tariterators import tar_file_iterator
 
 from preprocessing.shards import SAMPLE_EXTENSION
+from preprocessing.storage import read_bytes
 
 
 class ShardError(RuntimeError):
@@ -20,8 +21,7 @@ def read_shard_members(url: str, expected_samples: int, expected_sha256: str | N
     """The shard's sample members in stored order. The whole shard is read at once (a loader holds
     a window of shards in memory to shuffle it anyway), which also lets us check its sha256."""
     try:
-        with webdataset.gopen(url, "rb") as stream:
-            data = stream.read()
+        data = read_bytes(url)
     except OSError as error:
         raise ShardError(f"cannot read shard {url}: {error}") from error
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:

@@ -6,13 +6,124 @@ the same inputs, parameters and seed give the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
+
+
+class ManifestError(ValueError):
+    """A manifest this version cannot read; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str  # the tar file's name inside the dataset directory
+    samples: int
+    tokens: int
+    masked_tokens: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    samples: int
+    tokens: int
+    masked_tokens: int
+    shards: tuple[ShardInfo, ...]
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    vocab_size: int
+    vocab_sha256: str | None
+    special_token_ids: Mapping[str, int]
+    lowercase: bool
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.special_token_ids["[PAD]"])
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A finished dataset's `manifest.json`, typed. `parameters`, `inputs` and `counters` stay the open
+    records preprocessing writes (their keys grow with the job's options)."""
+
+    format_version: int
+    parameters: Mapping[str, Any]
+    inputs: tuple[Mapping[str, Any], ...]
+    tokenizer: TokenizerInfo
+    token_dtype: str
+    position_dtype: str
+    splits: Mapping[str, SplitInfo]
+    counters: Mapping[str, int]
+    totals: Mapping[str, int]
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.parameters["max_seq_length"])
+
+    @property
+    def max_predictions(self) -> int:
+        return int(self.parameters["max_predictions_per_seq"])
+
+    @property
+    def sha256(self) -> str:
+        """Of the manifest's content, whatever its formatting: what a checkpoint records of its dataset."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, as `manifest.json` holds it (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = MANIFEST_NAME) -> Manifest:
+        """The manifest of `values`; an unknown format version or a missing field is a ManifestError
+        naming `source`."""
+        version = values.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ManifestError(
+                f"{source} has format_version {version!r}; this version of bertpipe reads {FORMAT_VERSION}: "
+                f"preprocess the corpus again with this version, or train with the version that wrote it"
+            )
+        try:
+            tokenizer = values["tokenizer"]
+            return cls(
+                format_version=version,
+                parameters=dict(values["parameters"]),
+                inputs=tuple(values["inputs"]),
+                tokenizer=TokenizerInfo(
+                    vocab_size=int(tokenizer["vocab_size"]),
+                    vocab_sha256=tokenizer.get("vocab_sha256"),
+                    special_token_ids=dict(tokenizer["special_token_ids"]),
+                    lowercase=bool(tokenizer["lowercase"]),
+                ),
+                token_dtype=values["token_dtype"],
+                position_dtype=values["position_dtype"],
+                splits={
+                    name: SplitInfo(
+                        samples=int(split["samples"]),
+                        tokens=int(split["tokens"]),
+                        masked_tokens=int(split["masked_tokens"]),
+                        shards=tuple(ShardInfo(**shard) for shard in split["shards"]),
+                    )
+                    for name, split in values["splits"].items()
+                },
+                counters=dict(values["counters"]),
+                totals=dict(values["totals"]),
+            )
+        except (KeyError, TypeError) as error:
+            raise ManifestError(
+                f"{source} lacks a field or has one of the wrong shape ({error!r}): it was not written by "
+                f"`bertpipe preprocess` or was edited; preprocess again"
+            ) from error
 
 
 def build_manifest(

@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from preprocessing import beam_job
 from preprocessing import filesystem as fs
 from preprocessing.beam_job import SPLITS, WORK_DIR, JobParams
-from preprocessing.manifest import MANIFEST_NAME, recipe_differences
+from preprocessing.manifest import MANIFEST_NAME, Manifest, recipe_differences
 from preprocessing.shards import POSITION_DTYPE, token_dtype
 from preprocessing.tokenizer import (
     TOKENIZER_CONFIG,
@@ -34,7 +34,7 @@ class PreprocessError(ValueError):
 
 @dataclass
 class Outcome:
-    manifest: dict[str, Any]
+    manifest: Manifest
     skipped: bool  # the directory already held this dataset
     beam_counters: dict[str, int]
 
@@ -86,7 +86,7 @@ def is_own_file(name: str) -> bool:
     return name.lstrip(".").startswith(SPLITS) and name.endswith((".tar", ".tmp"))
 
 
-def prepare_output(output_dir: str, recipe: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+def prepare_output(output_dir: str, recipe: dict[str, Any], overwrite: bool) -> Manifest | None:
     """Return the existing manifest when the directory already holds this dataset; otherwise make the
     directory ready, refusing to touch anything that is not an unfinished dataset of this job."""
     manifest_path = fs.join(output_dir, MANIFEST_NAME)
@@ -96,7 +96,7 @@ def prepare_output(output_dir: str, recipe: dict[str, Any], overwrite: bool) -> 
         differences = recipe_differences(existing, recipe["parameters"], recipe["inputs"], recipe["tokenizer"])
         shards = {s["name"] for split in existing["splits"].values() for s in split["shards"]}
         if not differences and shards <= set(names):
-            return existing
+            return Manifest.from_dict(existing, source=manifest_path)
         if differences and not overwrite:
             raise PreprocessError(
                 f"{output_dir} holds a dataset made with a different recipe ({'; '.join(differences)}); "
@@ -153,7 +153,8 @@ def run(
     )
     job = beam_job.Job(tasks, params, plan, tokenizer.to_str(), output_dir, recipe)
     counters = beam_job.run_pipeline(job, beam_args or default_beam_args(), shuffle_documents)
-    manifest = fs.read_json(fs.join(output_dir, MANIFEST_NAME))
+    manifest_path = fs.join(output_dir, MANIFEST_NAME)
+    manifest = Manifest.from_dict(fs.read_json(manifest_path), source=manifest_path)
     return Outcome(manifest=manifest, skipped=False, beam_counters=counters)
 
 
@@ -161,13 +162,13 @@ def summary(outcome: Outcome, output_dir: str) -> str:
     """The end-of-job report: splits, counters, and the runner's metrics when they disagree."""
     manifest = outcome.manifest
     if outcome.skipped:
-        samples = manifest["totals"]["samples"]
+        samples = manifest.totals["samples"]
         return f"{output_dir} already holds this dataset ({samples:,} samples); nothing to do"
     lines = [f"dataset -> {output_dir}"]
-    for split, info in manifest["splits"].items():
-        shards = len(info["shards"])
-        lines.append(f"  {split:10s} {info['samples']:>10,} samples {info['tokens']:>13,} tokens in {shards} shards")
-    counters = manifest["counters"]
+    for split, info in manifest.splits.items():
+        shards = len(info.shards)
+        lines.append(f"  {split:10s} {info.samples:>10,} samples {info.tokens:>13,} tokens in {shards} shards")
+    counters = manifest.counters
     lines.append("  counters: " + ", ".join(f"{k}={v:,}" for k, v in counters.items()))
     instances = counters.get("instances", 0)
     if instances:

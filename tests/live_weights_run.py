@@ -33,7 +33,7 @@ def main(dataset: str, output: str, stage: int) -> None:
 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     manifest = load_manifest(dataset)
-    config = BertConfig.from_preset("tiny", vocab_size=manifest["tokenizer"]["vocab_size"])
+    config = BertConfig.from_preset("tiny", vocab_size=manifest.tokenizer.vocab_size)
     torch.manual_seed(0)
     model = BertForPreTraining(config)
     ds = {

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import torch
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
 from pipeline.collate import collate, padded_length, remask
 from pipeline.dataset_check import DatasetMismatch, check_against_model, load_manifest
+from preprocessing.manifest import Manifest
 from preprocessing.masking import MaskingRule, unmask
 from preprocessing.shards import Sample
 
@@ -75,12 +79,29 @@ def test_remask_keeps_the_pair_and_masks_afresh():
     assert len(seen) > 15  # new positions almost every time
 
 
-def manifest(vocab_size=1000, max_seq_length=128, pad=0) -> dict:
+def manifest_dict(vocab_size=1000, max_seq_length=128, pad=0) -> dict:
+    """A complete manifest of a dataset with no shards."""
+    no_shards = {"samples": 0, "tokens": 0, "masked_tokens": 0, "shards": []}
     return {
         "format_version": 1,
-        "parameters": {"max_seq_length": max_seq_length},
-        "tokenizer": {"vocab_size": vocab_size, "special_token_ids": {"[PAD]": pad}},
+        "parameters": {"max_seq_length": max_seq_length, "max_predictions_per_seq": 20},
+        "inputs": [],
+        "tokenizer": {
+            "vocab_size": vocab_size,
+            "vocab_sha256": None,
+            "special_token_ids": {"[PAD]": pad},
+            "lowercase": True,
+        },
+        "token_dtype": "uint16",
+        "position_dtype": "uint16",
+        "splits": {"train": no_shards, "validation": no_shards},
+        "counters": {},
+        "totals": {"samples": 0, "tokens": 0, "shards": 0},
     }
+
+
+def manifest(**values) -> Manifest:
+    return Manifest.from_dict(manifest_dict(**values))
 
 
 def test_dataset_check_names_both_values():
@@ -99,17 +120,45 @@ def test_load_manifest_errors(tmp_path):
         load_manifest(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match=r"has no manifest\.json: not a finished dataset"):
         load_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({**manifest(), "format_version": 99}))
-    with pytest.raises(DatasetMismatch, match="format_version 99"):
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest_dict(), "format_version": 99}))
+    with pytest.raises(DatasetMismatch, match="format_version 99; this version of bertpipe reads 1: preprocess"):
         load_manifest(tmp_path)
+    without_splits = {k: v for k, v in manifest_dict().items() if k != "splits"}
+    (tmp_path / "manifest.json").write_text(json.dumps(without_splits))
+    with pytest.raises(DatasetMismatch, match=r"manifest\.json lacks a field .*'splits'.*preprocess again"):
+        load_manifest(tmp_path)
+
+
+def test_a_manifest_reads_back_to_the_dict_it_was_read_from():
+    values = manifest_dict(vocab_size=6)
+    values["splits"]["train"] = {
+        "samples": 3,
+        "tokens": 30,
+        "masked_tokens": 4,
+        "shards": [
+            {"name": "train-000000.tar", "samples": 3, "tokens": 30, "masked_tokens": 4, "bytes": 10240, "sha256": "ab"}
+        ],
+    }
+    read = Manifest.from_dict(values)
+    assert read.to_dict() == values
+    assert read.splits["train"].shards[0].name == "train-000000.tar" and read.tokenizer.pad_id == 0
+    assert read.max_seq_length == 128 and read.max_predictions == 20
+
+
+def test_reading_a_dataset_does_not_import_beam():
+    """A training image reads datasets without the preprocessing engine."""
+    code = "import sys, pipeline.loader, pipeline.pretrain; assert 'apache_beam' not in sys.modules, 'Beam imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 def test_a_manifest_that_contradicts_its_vocabulary_file_is_refused(tmp_path):
     from preprocessing.manifest import FORMAT_VERSION
 
-    (tmp_path / "manifest.json").write_text(json.dumps({**manifest(vocab_size=6), "format_version": FORMAT_VERSION}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({**manifest_dict(vocab_size=6), "format_version": FORMAT_VERSION})
+    )
     (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
-    assert load_manifest(tmp_path)["tokenizer"]["vocab_size"] == 6
+    assert load_manifest(tmp_path).tokenizer.vocab_size == 6
     (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) + "\n")
     with pytest.raises(DatasetMismatch, match=r"states a vocabulary of 6 tokens but .*vocab\.txt has 5: .*preprocess"):
         load_manifest(tmp_path)

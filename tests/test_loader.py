@@ -14,6 +14,7 @@ import torch
 
 from model.heads import IGNORE_INDEX
 from pipeline import data_plan
+from pipeline.dataset_check import load_manifest
 from pipeline.loader import (
     POSITION_KEY,
     SKIPPED_KEY,
@@ -48,7 +49,7 @@ def manifest_of(dataset: Path) -> dict:
 
 
 def spec_of(dataset: Path, split: str = "train") -> SplitSpec:
-    return SplitSpec.from_manifest(dataset, manifest_of(dataset), split)
+    return SplitSpec.from_manifest(dataset, load_manifest(dataset), split)
 
 
 @pytest.fixture(scope="module")

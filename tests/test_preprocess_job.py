@@ -215,7 +215,7 @@ def test_overwrite_replaces_and_removes_stale_shards(tmp_path, datasets, tokeniz
     outcome = preprocess.run([str(CORPUS)], str(tokenizer_dir), str(directory), changed, IN_PROCESS, overwrite=True)
     shards = sorted(p.name for p in directory.glob("*.tar"))
     assert shards == ["train-000000.tar", "validation-000000.tar"]
-    assert outcome.manifest["parameters"]["dupe_factor"] == 1
+    assert outcome.manifest.parameters["dupe_factor"] == 1
 
 
 def test_foreign_files_in_the_output_are_not_touched(tmp_path, tokenizer_dir):
@@ -257,9 +257,9 @@ def test_compressed_jsonl_and_text_with_bad_records(tmp_path, tokenizer_dir):
         params,
         IN_PROCESS,
     )
-    counters = outcome.manifest["counters"]
+    counters = outcome.manifest.counters
     assert counters["documents"] == 61 and counters["malformed_records"] == 1 and counters["empty_documents"] == 1
-    assert outcome.manifest["totals"]["samples"] > 50
+    assert outcome.manifest.totals["samples"] > 50
     assert outcome.beam_counters["documents"] == 61  # the runner's metrics agree with the manifest
 
 
@@ -275,9 +275,9 @@ def test_parquet_row_groups(tmp_path, tokenizer_dir):
     outcome = preprocess.run(
         [str(tmp_path / "docs.parquet")], str(tokenizer_dir), str(tmp_path / "out"), params, IN_PROCESS
     )
-    assert outcome.manifest["counters"]["documents"] == 40
-    assert outcome.manifest["counters"]["malformed_records"] == 1  # the null row
-    assert outcome.manifest["totals"]["samples"] > 30
+    assert outcome.manifest.counters["documents"] == 40
+    assert outcome.manifest.counters["malformed_records"] == 1  # the null row
+    assert outcome.manifest.totals["samples"] > 30
 
     wrong = JobParams(**{**params.to_dict(), "text_field": "body"})
     with pytest.raises(ValueError, match=r"has no column 'body' \(columns: \['content', 'id'\]\).*--text-field"):
@@ -290,7 +290,7 @@ def test_shards_do_not_depend_on_where_the_corpus_lives(tmp_path, datasets, toke
     moved.parent.mkdir()
     shutil.copy(CORPUS, moved)
     outcome = preprocess.run([str(moved)], str(tokenizer_dir), str(tmp_path / "ds"), PARAMS, IN_PROCESS)
-    assert outcome.manifest["inputs"] == [{"path": str(moved), "bytes": CORPUS.stat().st_size}]
+    assert outcome.manifest.inputs == ({"path": str(moved), "bytes": CORPUS.stat().st_size},)
     for path in datasets[1].glob("*.tar"):
         assert (tmp_path / "ds" / path.name).read_bytes() == path.read_bytes(), path.name
 
@@ -345,13 +345,13 @@ def test_real_shards_collate_into_model_batches(datasets):
     from preprocessing.shards import decode_sample
 
     manifest = load_manifest(datasets[2])
-    config = BertConfig.from_preset("tiny", vocab_size=manifest["tokenizer"]["vocab_size"])
+    config = BertConfig.from_preset("tiny", vocab_size=manifest.tokenizer.vocab_size)
     check_against_model(manifest, config)
-    shard = datasets[2] / manifest["splits"]["train"]["shards"][0]["name"]
-    dtype = np.dtype(manifest["token_dtype"])
+    shard = datasets[2] / manifest.splits["train"].shards[0].name
+    dtype = np.dtype(manifest.token_dtype)
     with tarfile.open(shard) as tar:
         samples = [decode_sample(tar.extractfile(m).read(), dtype) for m in tar.getmembers()[:16]]
-    batch = collate(samples, pad_id=0, max_predictions=manifest["parameters"]["max_predictions_per_seq"])
+    batch = collate(samples, pad_id=0, max_predictions=manifest.max_predictions)
     assert batch["input_ids"].shape[1] % 8 == 0
     out = BertForPreTraining(config)(**batch)
     assert out.mlm_count.item() == sum(len(s.masked_lm_positions) for s in samples)

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pipeline.dataset_check import load_manifest
 from pipeline.demo.downstream import (
     ARMS,
     Comparison,
@@ -63,7 +64,7 @@ def registry_state(tracking_uri: str, names: Iterable[str]) -> dict[str, Any]:
 
 def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, float], epochs: int) -> dict[str, Any]:
     """Every figure of the report, from the files the steps wrote and the MLflow registry."""
-    manifest = json.loads((layout.dataset / "manifest.json").read_text(encoding="utf-8"))
+    manifest = load_manifest(layout.dataset)
     pretraining = read_json_lines(layout.pretrain / "metrics.jsonl")
     evaluations = [r for r in pretraining if "eval_mask_gain" in r]
     if not evaluations:
@@ -81,13 +82,13 @@ def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, 
         "corpus": {
             "path": str(CORPUS),
             "bytes": CORPUS.stat().st_size,
-            "documents": manifest["counters"]["documents"],
+            "documents": manifest.counters["documents"],
         },
         "dataset": {
             "path": str(layout.dataset),
-            "train_sequences": manifest["splits"]["train"]["samples"],
-            "validation_sequences": manifest["splits"]["validation"]["samples"],
-            "shards": len(manifest["splits"]["train"]["shards"]) + len(manifest["splits"]["validation"]["shards"]),
+            "train_sequences": manifest.splits["train"].samples,
+            "validation_sequences": manifest.splits["validation"].samples,
+            "shards": sum(len(split.shards) for split in manifest.splits.values()),
         },
         "pretraining": {
             "steps": max(r["step"] for r in pretraining),
