@@ -11,6 +11,8 @@ INSTALL_REQUIRES = [
     "torch>=2.4,<2.14",
     "deepspeed>=0.16,<0.20",
     "webdataset>=0.2.100,<1.1",
+    # Datasets are read (manifest and shards) through fsspec: local paths, s3://, gs://.
+    "fsspec>=2023.1",
     "tokenizers>=0.20,<0.24",
     "apache-beam>=2.60,<2.78",
     "mlflow>=3.0,<3.19",
