@@ -39,7 +39,13 @@ TEST_REQUIRE = [
     "transformers>=4.45,<6",
     # transformers' Trainer, the peer of benchmarks/learning.py.
     "accelerate>=1.1,<2",
+    # A real S3-compatible server process for the object-store tests.
+    "moto[server]>=5,<6",
+    "s3fs>=2024.1",
 ]
+
+# Datasets on object stores: fsspec's implementations for S3 and Google Cloud Storage.
+OBJECT_STORES = {"s3": ["s3fs>=2024.1"], "gcs": ["gcsfs>=2024.1"]}
 
 setup(
     name="bertpipe",
@@ -51,7 +57,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["model", "model.*", "pipeline", "pipeline.*", "preprocessing", "preprocessing.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRE},
+    extras_require={"test": TEST_REQUIRE, **OBJECT_STORES},
     entry_points={"console_scripts": ["bertpipe = pipeline.cli:main"]},
     license="Apache-2.0",
 )

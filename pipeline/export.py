@@ -77,7 +77,7 @@ def export_checkpoint(
     if "model_config" not in client_state:
         raise CheckpointError(f"{tag_dir} was not written by `bertpipe pretrain` (no model_config in its state)")
     config = BertConfig.from_dict(client_state["model_config"])
-    tokenizer_dir = Path(tokenizer) if tokenizer else Path(client_state.get("dataset", ""))
+    tokenizer_dir = str(tokenizer) if tokenizer else str(client_state.get("dataset", ""))
     try:
         files = tokenizer_files(load_tokenizer(tokenizer_dir))
     except (OSError, ValueError) as error:

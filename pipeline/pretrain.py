@@ -32,6 +32,7 @@ from pipeline.tracking import RunTracker, code_version, open_run
 from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
 from pipeline.weights import load_initial_weights, model_config_of
 from preprocessing.manifest import Manifest
+from preprocessing.storage import absolute
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +432,7 @@ class Trainer:
             "run_id": self.tracker.run_id if self.tracker is not None else self.run_id,
             "train_config": self.train.to_dict(),
             "model_config": self.model_config.to_dict(),
-            "dataset": str(Path(self.request.dataset).resolve()),
+            "dataset": absolute(self.request.dataset),
             "dataset_manifest_sha256": self.manifest_sha256,
             "world_size": self.world_size,
         }
@@ -475,7 +476,7 @@ class Trainer:
                 "accumulation": self.batch_sizes.accumulation,
             },
             "dataset": {
-                "path": str(Path(self.request.dataset).resolve()),
+                "path": absolute(self.request.dataset),
                 "manifest_sha256": self.manifest_sha256,
                 "parameters": manifest.parameters,
                 "tokenizer": {k: v for k, v in asdict(manifest.tokenizer).items() if k != "special_token_ids"},
@@ -528,7 +529,7 @@ class Trainer:
             "train": self.train.to_dict(),
             "deepspeed": self.ds_config,
             "model": self.model_config.to_dict(),
-            "dataset": str(Path(self.request.dataset).resolve()),
+            "dataset": absolute(self.request.dataset),
             "init_from": self.request.init_from,
             "init_from_path": self.init_from,
             "world_size": self.world_size,

@@ -41,14 +41,24 @@ class SplitInfo:
 
 @dataclass(frozen=True)
 class TokenizerInfo:
+    """What the manifest records about the tokenizer and the trainer checks against the model."""
+
     vocab_size: int
     vocab_sha256: str | None
     special_token_ids: Mapping[str, int]
-    lowercase: bool
+    lowercase: bool | None  # None: the tokenizer does not say
 
     @property
     def pad_id(self) -> int:
         return int(self.special_token_ids["[PAD]"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vocab_size": self.vocab_size,
+            "vocab_sha256": self.vocab_sha256,
+            "special_token_ids": dict(self.special_token_ids),
+            "lowercase": self.lowercase,
+        }
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ class Manifest:
                     vocab_size=int(tokenizer["vocab_size"]),
                     vocab_sha256=tokenizer.get("vocab_sha256"),
                     special_token_ids=dict(tokenizer["special_token_ids"]),
-                    lowercase=bool(tokenizer["lowercase"]),
+                    lowercase=tokenizer["lowercase"],
                 ),
                 token_dtype=values["token_dtype"],
                 position_dtype=values["position_dtype"],

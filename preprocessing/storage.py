@@ -41,3 +41,14 @@ def exists(url: str) -> bool:
     """A file, a directory, or (on an object store) a prefix that holds something."""
     filesystem, path = url_to_fs(url)
     return filesystem.exists(path)
+
+
+def is_file(url: str) -> bool:
+    filesystem, path = url_to_fs(url)
+    return filesystem.isfile(path)
+
+
+def absolute(url: str | os.PathLike[str]) -> str:
+    """A local path made absolute (what a record of a run should hold); a URL as it is."""
+    text = str(url)
+    return text if "://" in text else os.path.abspath(text)

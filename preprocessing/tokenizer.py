@@ -7,13 +7,15 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from preprocessing import storage
+from preprocessing.manifest import TokenizerInfo
 from preprocessing.masking import MaskingRule
+from preprocessing.storage import join
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_JSON = "tokenizer.json"
@@ -25,24 +27,6 @@ _RESERVED = re.compile(r"^\[[^\]]+\]$")
 
 class TokenizerError(ValueError):
     """A tokenizer directory that cannot serve BERT preprocessing."""
-
-
-@dataclass(frozen=True)
-class TokenizerInfo:
-    """What the manifest records about the tokenizer and the trainer checks against the model."""
-
-    vocab_size: int
-    vocab_sha256: str
-    special_token_ids: dict[str, int]
-    lowercase: bool | None
-
-    def to_dict(self) -> dict:
-        return {
-            "vocab_size": self.vocab_size,
-            "vocab_sha256": self.vocab_sha256,
-            "special_token_ids": dict(self.special_token_ids),
-            "lowercase": self.lowercase,
-        }
 
 
 def build_wordpiece(vocab: dict[str, int] | None, lowercase: bool) -> Tokenizer:
@@ -122,18 +106,20 @@ def tokenizer_files(tokenizer: Tokenizer) -> dict[str, bytes]:
 
 def load_tokenizer(directory: str | Path, lowercase: bool | None = None) -> Tokenizer:
     """From `tokenizer.json`, or else from `vocab.txt` (lowercasing from `lowercase`, else from
-    `tokenizer_config.json`'s do_lower_case, else True as in the uncased BERT release)."""
-    directory = Path(directory)
-    if (directory / TOKENIZER_JSON).is_file():
+    `tokenizer_config.json`'s do_lower_case, else True as in the uncased BERT release). `directory` may be a
+    local path or a URL (a dataset on an object store holds its tokenizer)."""
+    directory = str(directory)
+    tokenizer_json, vocab_txt = join(directory, TOKENIZER_JSON), join(directory, VOCAB_TXT)
+    if storage.is_file(tokenizer_json):
         try:
-            tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_JSON))
+            tokenizer = Tokenizer.from_str(storage.read_bytes(tokenizer_json).decode("utf-8"))
         except Exception as error:  # the tokenizers library raises a bare Exception with serde's message
             raise TokenizerError(
-                f"{directory / TOKENIZER_JSON} is not a readable tokenizer file ({error}); it may be truncated "
+                f"{tokenizer_json} is not a readable tokenizer file ({error}); it may be truncated "
                 f"or from another program: copy it again, or train one with `bertpipe tokenizer train`"
             ) from None
-    elif (directory / VOCAB_TXT).is_file():
-        tokens = (directory / VOCAB_TXT).read_text(encoding="utf-8").splitlines()
+    elif storage.is_file(vocab_txt):
+        tokens = storage.read_bytes(vocab_txt).decode("utf-8").splitlines()
         if lowercase is None:
             lowercase = _configured_lowercase(directory)
         tokenizer = build_wordpiece({token: i for i, token in enumerate(tokens)}, lowercase)
@@ -150,10 +136,10 @@ def load_tokenizer(directory: str | Path, lowercase: bool | None = None) -> Toke
     return tokenizer
 
 
-def _configured_lowercase(directory: Path) -> bool:
-    config = directory / TOKENIZER_CONFIG
-    if config.is_file():
-        return bool(json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True))
+def _configured_lowercase(directory: str) -> bool:
+    config = join(directory, TOKENIZER_CONFIG)
+    if storage.is_file(config):
+        return bool(storage.read_json(config).get("do_lower_case", True))
     return True
 
 
