@@ -26,12 +26,11 @@ from typing import Any
 import apache_beam as beam
 import msgpack
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from preprocessing import documents as docs
-from preprocessing import filesystem as fs
+from preprocessing import storage as fs
 from preprocessing.instances import SpecialIds, bucket_instances
 from preprocessing.manifest import MANIFEST_NAME, build_manifest, manifest_bytes
 from preprocessing.pairing import Document, PairingParams
@@ -140,7 +139,7 @@ def plan_reads(files: list[tuple[str, int]], input_format: str, text_field: str)
         if input_format == "parquet":
             import pyarrow.parquet as pq
 
-            with FileSystems.open(path, compression_type=fs.RAW) as handle:
+            with fs.open_read(path) as handle:
                 parquet = pq.ParquetFile(handle)
                 columns = parquet.schema_arrow.names
                 if text_field not in columns:
@@ -291,7 +290,7 @@ def decode_documents(data: bytes) -> Iterator[tuple[str, Document]]:
 def parquet_documents(task: ReadTask, column: str, stats: docs.ReadStats) -> Iterator[docs.RawDocument]:
     import pyarrow.parquet as pq
 
-    with FileSystems.open(task.path, compression_type=fs.RAW) as handle:
+    with fs.open_read(task.path) as handle:
         table = pq.ParquetFile(handle).read_row_group(task.row_group, columns=[column])
         for row, text in enumerate(table.column(column).to_pylist()):
             if not isinstance(text, str):
@@ -369,7 +368,7 @@ class MakeInstances(beam.DoFn):
 
 def read_bucket_index(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(offsets, tokens, masked) of a samples file: its last 8 bytes give the index length."""
-    with FileSystems.open(path, compression_type=fs.RAW) as handle:
+    with fs.open_read(path) as handle:
         handle.seek(0, os.SEEK_END)
         size = handle.tell()
         handle.seek(size - 8)

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 
 from preprocessing import beam_job
-from preprocessing import filesystem as fs
+from preprocessing import storage as fs
 from preprocessing.beam_job import SPLITS, WORK_DIR, JobParams
 from preprocessing.manifest import MANIFEST_NAME, Manifest, recipe_differences
 from preprocessing.shards import POSITION_DTYPE, token_dtype
@@ -66,11 +65,10 @@ def match_inputs(patterns: list[str]) -> list[tuple[str, int]]:
     if not patterns:
         raise PreprocessError("no --input given; pass one or more file globs")
     files: dict[str, int] = {}
-    for pattern, result in zip(patterns, FileSystems.match(patterns), strict=True):
-        if not result.metadata_list:
+    for pattern, matched in zip(patterns, fs.match(patterns), strict=True):
+        if not matched:
             raise PreprocessError(f"--input {pattern!r} matches no file; check the path or quote the glob")
-        for metadata in result.metadata_list:
-            files[metadata.path] = metadata.size_in_bytes
+        files.update(matched)
     if not any(files.values()):
         raise PreprocessError(f"every input file is empty: {sorted(files)}")
     return sorted(files.items())
@@ -123,7 +121,9 @@ def run(
     overwrite: bool = False,
     shuffle_documents: bool | None = None,
 ) -> Outcome:
-    """Check everything that can be checked, then run the job; bad input fails before any output."""
+    """Check everything that can be checked, then run the job; bad input fails before any output. Local
+    paths are made absolute: a worker may run in another folder."""
+    output_dir, tokenizer_dir = fs.absolute(output_dir), fs.absolute(tokenizer_dir)
     files = match_inputs(inputs)
     tasks = beam_job.plan_reads(files, params.input_format, params.text_field)
     tokenizer = load_tokenizer(tokenizer_dir)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 
 from preprocessing import documents as docs
-from preprocessing import filesystem as fs
+from preprocessing import storage as fs
 from preprocessing.preprocess import PreprocessError, match_inputs
 from preprocessing.tokenizer import TOKENIZER_JSON, VOCAB_TXT, tokenizer_files, train_wordpiece, vocabulary
 
