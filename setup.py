@@ -41,6 +41,8 @@ TEST_REQUIRE = [
     "accelerate>=1.1,<2",
     # A real S3-compatible server process for the object-store tests.
     "moto[server]>=5,<6",
+    # Beam's Dask runner on a local dask.distributed cluster.
+    "dask[distributed]>=2024.4.2",
     "s3fs>=2024.1",
 ]
 

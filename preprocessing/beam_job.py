@@ -186,11 +186,28 @@ def sum_counters(counters: Iterable[dict[str, int]]) -> dict[str, int]:
     return dict(total)
 
 
-def counted(counters: dict[str, int]) -> beam.pvalue.TaggedOutput:
+@dataclass(frozen=True)
+class Counts:
+    """A step's counters, an element of its one output beside the data. Not a tagged output: some runners
+    (Dask's) mix tagged outputs into the main one."""
+
+    values: dict[str, int]
+
+
+def counted(counters: dict[str, int]) -> Counts:
     """Counters travel as data (summed into the manifest) and as Beam metrics (for the runner's UI)."""
     for name, value in counters.items():
         Metrics.counter(METRICS_NAMESPACE, name).inc(value)
-    return beam.pvalue.TaggedOutput("counters", counters)
+    return Counts(counters)
+
+
+def split_counts(outputs: beam.PCollection, step: str) -> tuple[beam.PCollection, beam.PCollection]:
+    """(the data, the counters as dicts) of a step's output."""
+    data = outputs | f"{step}Data" >> beam.Filter(lambda element: not isinstance(element, Counts))
+    counts = outputs | f"{step}Counts" >> beam.FlatMap(
+        lambda element: [element.values] if isinstance(element, Counts) else []
+    )
+    return data, counts
 
 
 class ReadAndTokenize(beam.DoFn):
@@ -468,20 +485,21 @@ class Job:
 def build_pipeline(pipeline: beam.Pipeline, job: Job, shuffle_documents: bool) -> None:
     work_dir = fs.join(job.output_dir, WORK_DIR)
     reader = ReadAndTokenize(job.params, job.plan, job.tokenizer_json, None if shuffle_documents else work_dir)
-    read = (
+    slices, read_counts = split_counts(
         pipeline
         | "ReadTasks" >> beam.Create(job.tasks)
         | "SpreadReads" >> beam.Reshuffle()
-        | "ReadAndTokenize" >> beam.ParDo(reader).with_outputs("counters", main="slices")
+        | "ReadAndTokenize" >> beam.ParDo(reader),
+        "Read",
     )
-    instances = (
-        read.slices
+    buckets, instance_counts = split_counts(
+        slices
         | "GroupBuckets" >> beam.GroupByKey()
-        | "MakeInstances"
-        >> beam.ParDo(MakeInstances(job.params, job.tokenizer_json, work_dir)).with_outputs("counters", main="buckets")
+        | "MakeInstances" >> beam.ParDo(MakeInstances(job.params, job.tokenizer_json, work_dir)),
+        "Instances",
     )
     records = (
-        instances.buckets
+        buckets
         | "AllBuckets" >> beam.combiners.ToDict()
         | "PlanShards" >> beam.FlatMap(plan_shards, shard_mb=job.params.shard_mb)
         | "SpreadShards" >> beam.Reshuffle()
@@ -489,7 +507,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: Job, shuffle_documents: bool) -
         | "AllRecords" >> beam.combiners.ToList()
     )
     counters = (
-        (read.counters, instances.counters)
+        (read_counts, instance_counts)
         | "AllCounters" >> beam.Flatten()
         | "SumCounters" >> beam.CombineGlobally(sum_counters)
     )
