@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -34,13 +33,11 @@ from preprocessing import storage as fs
 from preprocessing.instances import SpecialIds, bucket_instances
 from preprocessing.manifest import MANIFEST_NAME, build_manifest, manifest_bytes
 from preprocessing.pairing import Document, PairingParams
-from preprocessing.randomness import stable_hash, unit_interval
+from preprocessing.planning import Bucket, BucketFile, BucketPlan, ShardTask, assign, plan_shards
 from preprocessing.sentences import SentenceSplitter
 from preprocessing.shards import (
     POSITION_DTYPE,
     sample_key,
-    shard_bounds,
-    shard_count,
     shard_name,
     tar_bytes,
     tar_member_bytes,
@@ -51,14 +48,13 @@ logger = logging.getLogger(__name__)
 METRICS_NAMESPACE = "bertpipe.preprocess"
 WORK_DIR = ".work"
 FORMATS = ("text", "jsonl", "parquet")
-SPLITS = ("train", "validation")
+
 # Byte ranges of uncompressed inputs: small enough to spread a 50 MB corpus over many workers,
 # large enough that a terabyte corpus does not make millions of work items.
 MIN_RANGE_BYTES = 1 << 20
 MAX_RANGE_BYTES = 64 << 20
 TOKENIZE_BATCH_SENTENCES = 4096
 
-Bucket = tuple[str, int]  # (split, bucket index)
 # Runners that execute on this machine and keep their shuffles in memory.
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
 
@@ -117,18 +113,6 @@ class ReadTask:
     row_group: int = -1  # Parquet: one task per row group
 
 
-@dataclass(frozen=True)
-class BucketPlan:
-    """How many buckets each split has: fixed by the input size, so a document lands in the same
-    bucket whatever the workers."""
-
-    train: int
-    validation: int
-
-    def count(self, split: str) -> int:
-        return self.train if split == "train" else self.validation
-
-
 def plan_reads(files: list[tuple[str, int]], input_format: str, text_field: str) -> list[ReadTask]:
     """Byte ranges of uncompressed text and JSON Lines, whole compressed files, Parquet row groups."""
     total = sum(size for _, size in files)
@@ -162,21 +146,6 @@ def common_directory(paths: list[str]) -> str:
     while prefix and not all(p.startswith(prefix) for p in paths):
         prefix = prefix[:-1].rsplit("/", 1)[0] + "/" if "/" in prefix[:-1] else ""
     return prefix
-
-
-def plan_buckets(total_bytes: int, params: JobParams) -> BucketPlan:
-    bucket_bytes = params.bucket_mb * 2**20
-    validation_bytes = total_bytes * params.validation_fraction
-    return BucketPlan(
-        train=max(1, math.ceil((total_bytes - validation_bytes) / bucket_bytes)),
-        validation=max(1, math.ceil(validation_bytes / bucket_bytes)),
-    )
-
-
-def assign(document_key: str, params: JobParams, plan: BucketPlan) -> Bucket:
-    """(split, bucket) of a document, from the seed and its name alone."""
-    split = "validation" if unit_interval(params.seed, "split", document_key) < params.validation_fraction else "train"
-    return split, stable_hash(params.seed, "bucket", document_key) % plan.count(split)
 
 
 def sum_counters(counters: Iterable[dict[str, int]]) -> dict[str, int]:
@@ -290,7 +259,9 @@ class ReadAndTokenize(beam.DoFn):
             counters["sentences"] += document.num_sentences
             counters["input_tokens"] += len(document.tokens)
             counters["single_sentence_documents"] += document.num_sentences == 1
-            by_bucket[assign(key, self.params, self.plan)].append(encode_document(key, document))
+            by_bucket[assign(key, self.params.seed, self.params.validation_fraction, self.plan)].append(
+                encode_document(key, document)
+            )
 
 
 def encode_document(key: str, document: Document) -> bytes:
@@ -314,15 +285,6 @@ def parquet_documents(task: ReadTask, column: str, stats: docs.ReadStats) -> Ite
                 stats.malformed_records += 1
                 continue
             yield from docs.text_record(text, f"{task.name}@{task.row_group}:{row}", stats)
-
-
-@dataclass(frozen=True)
-class BucketFile:
-    """Where a bucket's samples went, and how many there are."""
-
-    path: str
-    samples: int
-    tar_bytes: int  # what its samples take as tar members: shard sizes are planned from it
 
 
 class MakeInstances(beam.DoFn):
@@ -393,33 +355,6 @@ def read_bucket_index(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         handle.seek(size - 8 - index_length)
         index = msgpack.unpackb(handle.read(index_length))
     return tuple(np.frombuffer(index[name], dtype="<i8") for name in ("offsets", "tokens", "masked"))
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    split: str
-    index: int
-    first_sample: int  # global index in the split of the shard's first sample
-    pieces: tuple[tuple[str, int, int], ...]  # (samples file, first, stop) in order
-
-
-def plan_shards(buckets: dict[Bucket, BucketFile], shard_mb: float) -> list[ShardTask]:
-    """Cut each split's samples, in (bucket, position) order, into contiguous shards of about
-    `shard_mb` whose sizes differ by at most one sample."""
-    tasks: list[ShardTask] = []
-    for split in SPLITS:
-        files = [buckets[key] for key in sorted(buckets) if key[0] == split and buckets[key].samples]
-        total = sum(f.samples for f in files)
-        count = shard_count(total, sum(f.tar_bytes for f in files), int(shard_mb * 2**20))
-        starts = np.cumsum([0] + [f.samples for f in files])
-        for index, (first, stop) in enumerate(shard_bounds(total, count)):
-            pieces = []
-            for file, file_start in zip(files, starts[:-1], strict=True):
-                low, high = max(first, file_start), min(stop, file_start + file.samples)
-                if low < high:
-                    pieces.append((file.path, int(low - file_start), int(high - file_start)))
-            tasks.append(ShardTask(split, index, first, tuple(pieces)))
-    return tasks
 
 
 class WriteShard(beam.DoFn):

@@ -12,8 +12,9 @@ import numpy as np
 
 from preprocessing import beam_job
 from preprocessing import storage as fs
-from preprocessing.beam_job import SPLITS, WORK_DIR, JobParams
-from preprocessing.manifest import MANIFEST_NAME, Manifest, recipe_differences
+from preprocessing.beam_job import WORK_DIR, JobParams
+from preprocessing.manifest import MANIFEST_NAME, SPLITS, Manifest, recipe_differences
+from preprocessing.planning import plan_buckets
 from preprocessing.shards import POSITION_DTYPE, token_dtype
 from preprocessing.tokenizer import (
     TOKENIZER_CONFIG,
@@ -142,7 +143,7 @@ def run(
 
     for name, data in tokenizer_files(tokenizer).items():  # beside the shards, for the trainer
         fs.write_atomically(fs.join(output_dir, name), data)
-    plan = beam_job.plan_buckets(sum(size for _, size in files), params)
+    plan = plan_buckets(sum(size for _, size in files), params.bucket_mb, params.validation_fraction)
     logger.info(
         "%d input files, %d read tasks, %d + %d buckets -> %s",
         len(files),

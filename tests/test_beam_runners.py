@@ -83,8 +83,8 @@ def test_portable_runner_with_an_external_worker_pool_writes_the_local_runners_b
             "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         },
-        stdout=open(tmp_path / "pool.log", "wb"),
-        stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:

@@ -17,10 +17,11 @@ import pytest
 import webdataset as wds
 
 from preprocessing import preprocess
-from preprocessing.beam_job import JobParams, assign, plan_buckets
+from preprocessing.beam_job import JobParams
 from preprocessing.documents import ReadStats, text_documents
 from preprocessing.masking import unmask
 from preprocessing.pairing import Document
+from preprocessing.planning import assign, plan_buckets
 from preprocessing.preprocess import PreprocessError
 from preprocessing.sentences import SentenceSplitter
 from preprocessing.shards import BLOCK
@@ -176,14 +177,14 @@ def test_no_document_straddles_the_split(datasets, tokenizer_dir):
     """Every A segment of a validation sample lies in a validation document, and vice versa."""
     tokenizer = load_tokenizer(tokenizer_dir)
     splitter = SentenceSplitter()
-    plan = plan_buckets(CORPUS.stat().st_size, PARAMS)
+    plan = plan_buckets(CORPUS.stat().st_size, PARAMS.bucket_mb, PARAMS.validation_fraction)
     streams = {"train": [], "validation": []}
     with CORPUS.open("rb") as stream:
         for raw in text_documents(stream, CORPUS.name, 0, CORPUS.stat().st_size, ReadStats()):
             sentences = [s for p in raw.paragraphs for s in splitter.split(p)]
             ids = [e.ids for e in tokenizer.encode_batch_fast(sentences, add_special_tokens=False)]
             tokens = Document.from_sentences(ids).tokens.astype("<i4").tobytes()
-            streams[assign(raw.key, PARAMS, plan)[0]].append(tokens)
+            streams[assign(raw.key, PARAMS.seed, PARAMS.validation_fraction, plan)[0]].append(tokens)
     joined = {split: b"|".join(parts) for split, parts in streams.items()}
     manifest = json.loads((datasets[2] / "manifest.json").read_text())
     for split in ("validation", "train"):
@@ -310,7 +311,7 @@ def test_a_retried_bundle_rewrites_the_same_bytes(tmp_path, tokenizer_dir):
     from preprocessing.beam_job import ReadAndTokenize, ReadTask
 
     tokenizer_json = load_tokenizer(tokenizer_dir).to_str()
-    plan = plan_buckets(CORPUS.stat().st_size, PARAMS)
+    plan = plan_buckets(CORPUS.stat().st_size, PARAMS.bucket_mb, PARAMS.validation_fraction)
     task = ReadTask(0, str(CORPUS), CORPUS.name, 0, 200_000, False)
     attempts = []
     for _ in range(2):
