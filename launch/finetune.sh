@@ -12,79 +12,15 @@
 #   --nodes N           nodes to use from the hostfile (default: all of them)
 #   --master-addr A     rank 0's address (default: the first host of the hostfile)
 #   --master-port P     (default 29500)
+#   --no-ssh --node-rank R  start this node's ranks only; run the same command on every node
+#   --launcher L        DeepSpeed's multi-node backend (pdsh, openmpi, mvapich, slurm, mpich, impi)
+#   --ssh-port P        ssh port of the other nodes (pdsh)
+#   --no-ssh-check      skip DeepSpeed's passwordless-ssh probe of the first host
 #   --print-command     print the command line and exit
-# HOSTFILE names the DeepSpeed hostfile (default launch/hostfile, if present; see launch/hostfile.example).
+# HOSTFILE names the DeepSpeed hostfile (default launch/hostfile, if present; see launch/hostfile.example);
+# inside a Slurm allocation the hostfile is built from it. SIGTERM or SIGINT reaches every rank. The same
+# launcher as launch/pretrain.sh (pipeline/launcher.py): see there for what is forwarded to other nodes.
 # BERTPIPE_PYTHON names the Python to use (default: the project's .venv, else python3 on PATH).
 set -euo pipefail
-
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python=${BERTPIPE_PYTHON:-$root/.venv/bin/python}
-[[ -x $python ]] || python=$(command -v python3) || {
-  echo "finetune.sh: no python found; run 'make install' or set BERTPIPE_PYTHON" >&2
-  exit 2
-}
-die() { echo "finetune.sh: $*" >&2; exit 2; }
-
-task=${1:-}
-case $task in
-  classify | ner | qa) shift ;;
-  *) die "the first argument is the task: classify, ner or qa (got '${task}')" ;;
-esac
-
-gpus=
-nodes=
-master_addr=
-master_port=${MASTER_PORT:-29500}
-print_only=0
-args=()
-while (($#)); do
-  case $1 in
-    --gpus-per-node) gpus=${2:?--gpus-per-node needs a number}; shift 2 ;;
-    --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
-    --master-addr) master_addr=${2:?}; shift 2 ;;
-    --master-port) master_port=${2:?}; shift 2 ;;
-    --print-command) print_only=1; shift ;;
-    --local_rank=*) shift ;;  # the launcher's; the job reads LOCAL_RANK
-    *) args+=("$1"); shift ;;
-  esac
-done
-
-job=("$python" -m pipeline.cli finetune "$task" "${args[@]}")
-
-# Rank mode (the launcher started us once per rank), or a single CPU process.
-hostfile=${HOSTFILE:-$root/launch/hostfile}
-[[ -n ${HOSTFILE:-} && ! -f $hostfile ]] && die "HOSTFILE=$HOSTFILE does not exist"
-single=0
-if [[ -n ${RANK:-} && -n ${LOCAL_RANK:-} ]]; then
-  single=1
-elif [[ ${DS_ACCELERATOR:-} == cpu && ${gpus:-1} == 1 && ! -f $hostfile ]]; then
-  single=1
-fi
-if ((single)); then
-  if ((print_only)); then
-    printf '%q ' "${job[@]}"
-    echo
-    exit 0
-  fi
-  exec "${job[@]}"
-fi
-
-launcher=("$python" -m deepspeed.launcher.runner --master_port "$master_port")
-if [[ -f $hostfile ]]; then
-  launcher+=(--hostfile "$hostfile")
-  [[ -n $master_addr ]] || master_addr=$(awk 'NF && $1 !~ /^#/ {print $1; exit}' "$hostfile")
-fi
-[[ -n $nodes ]] && launcher+=(--num_nodes "$nodes")
-[[ -n $gpus ]] && launcher+=(--num_gpus "$gpus")
-[[ -n $master_addr ]] && launcher+=(--master_addr "$master_addr")
-launcher+=(--no_python --no_local_rank "$root/launch/finetune.sh" "$task" "${args[@]}")
-if ((print_only)); then
-  printf '%q ' "${launcher[@]}"
-  echo
-  exit 0
-fi
-if [[ ${DS_ACCELERATOR:-} == cpu ]]; then
-  "$python" -m pipeline.cpu_ops || exit 1  # build DeepSpeed's CPU op once, not in every rank at once
-fi
-echo "finetune.sh: ${launcher[*]}" >&2
-exec "${launcher[@]}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/python.sh"
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m pipeline.launcher finetune "$@"

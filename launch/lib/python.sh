@@ -1,0 +1,11 @@
+# shellcheck shell=bash
+# Sourced by the launch scripts: $root (the checkout) and $python (BERTPIPE_PYTHON, else the project's .venv,
+# else python3 on PATH), or exit 2 saying what to do.
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+python=${BERTPIPE_PYTHON:-$root/.venv/bin/python}
+if [[ ! -x $python ]]; then
+  python=$(command -v python3) || {
+    echo "$(basename "$0"): no python found; run 'make install' or set BERTPIPE_PYTHON" >&2
+    exit 2
+  }
+fi
