@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from pipeline.demo.__main__ import main as demo_main
 from pipeline.demo.downstream import percent, plan_runs, subset_size
-from pipeline.demo.layout import CLASSIFY_TEST, CLASSIFY_TRAIN, SIZES, DemoLayout
+from pipeline.demo.layout import CLASSIFY_TRAIN, SIZES, DemoLayout
 from pipeline.demo.layout import ROOT as ROOT_DIR
 from pipeline.demo.steps import Step, StepFailed, progress_line, run_step, step_environment
 
@@ -94,15 +94,17 @@ def test_small_demo_writes_every_artefact_and_a_report_that_matches_them(small_d
         f"{held_out['eval_nsp_majority']:.3f} (majority share) |" in lines
     )
 
-    # The task: validation carved from the training file (stratified), the rest for training, the bundled
-    # validation file as the test set; the subset of a fraction below 1 is drawn from the training part.
+    # The task: test, then validation carved from the labelled file (stratified), the rest for training; the
+    # subset of a fraction below 1 is drawn from the training part.
     source = [line for line in CLASSIFY_TRAIN.read_text().splitlines() if line.strip()]
-    train, validation = (path.read_text().splitlines() for path in (layout.task_train, layout.task_validation))
-    assert sorted(train + validation) == sorted(source) and not set(train) & set(validation)
-    assert len(validation) == subset_size(len(source), 0.2)
-    assert [json.loads(line)["label"] for line in validation].count("c-api") == len(validation) // 2
+    train, validation, test = (
+        path.read_text().splitlines() for path in (layout.task_train, layout.task_validation, layout.task_test)
+    )
+    assert sorted(train + validation + test) == sorted(source) and not set(train) & set(validation + test)
+    assert len(test) == subset_size(len(source), 0.2)
+    assert [json.loads(line)["label"] for line in test].count("c-api") == len(test) // 2
     tuning = summary["finetuning"]
-    test_labels = [json.loads(line)["label"] for line in CLASSIFY_TEST.read_text().splitlines()]
+    test_labels = [json.loads(line)["label"] for line in test]
     assert tuning["examples"] == {
         "labelled": len(source),
         "train": len(train),

@@ -16,8 +16,10 @@ from pipeline.demo.downstream import (
     RunResult,
     Spread,
     apportion,
+    carve_test,
     carve_validation,
     compare,
+    corpus_without,
     majority_share,
     percent,
     plan_runs,
@@ -27,7 +29,7 @@ from pipeline.demo.downstream import (
     subset_size,
     verdict,
 )
-from pipeline.demo.layout import CLASSIFY_TEST, CLASSIFY_TRAIN, SIZES, DemoLayout, DemoSize
+from pipeline.demo.layout import CLASSIFY_TRAIN, CORPUS, SIZES, DemoLayout, DemoSize
 from pipeline.demo.report import comparison_figures, plot_loss_curves, summary_table
 from pipeline.demo.steps import demo_steps, held_out_figures, training_examples, write_task_files
 
@@ -85,6 +87,15 @@ def test_the_validation_carve_is_seeded_stratified_and_disjoint_from_training():
     assert sorted(train + validation) == list(range(len(LABELS)))
     assert Counter(LABELS[i] for i in validation) == {"a": 48, "b": 48}
     assert carve_validation(LABELS, 0.2, seed=1)[1] != validation
+    rest, test = carve_test(LABELS, 0.2, seed=0)
+    assert len(rest) == 384 and len(test) == 96 and Counter(LABELS[i] for i in test) == {"a": 48, "b": 48}
+    assert test != validation  # its own stream
+
+
+def test_the_corpus_loses_exactly_the_lines_that_hold_a_test_text():
+    lines = ["alpha beta.", "", "gamma delta. epsilon.", "zeta", "gamma delta"]
+    assert corpus_without(lines, ["gamma delta", "absent", ""]) == (["alpha beta.", "", "zeta"], 2)
+    assert corpus_without(lines, []) == (lines, 0)
 
 
 def test_subsets_are_exact_deterministic_per_seed_and_nested_across_fractions():
@@ -127,16 +138,31 @@ def test_task_files_and_commands_give_both_arms_the_same_examples(tmp_path):
     size = SIZES["full"]
     files = write_task_files(layout, size)
     source = [line for line in CLASSIFY_TRAIN.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train = layout.task_train.read_text(encoding="utf-8").splitlines()
-    validation = layout.task_validation.read_text(encoding="utf-8").splitlines()
-    assert (files.train, files.validation) == (len(train), len(validation)) == (384, 96)
-    assert training_examples(len(source)) == 384
-    assert Counter(train + validation) == Counter(source) and not set(train) & set(validation)
-    assert Counter(json.loads(line)["label"] for line in validation) == {"c-api": 48, "tutorial": 48}
-    assert files.subsets == {0.1: 38, 0.3: 115, 1.0: 384}
+    train, validation, test = (
+        path.read_text(encoding="utf-8").splitlines()
+        for path in (layout.task_train, layout.task_validation, layout.task_test)
+    )
+    assert (files.train, files.validation, files.test) == (len(train), len(validation), len(test)) == (307, 77, 96)
+    assert training_examples(len(source)) == 307
+    assert Counter(train + validation + test) == Counter(source)
+    assert not set(train) & set(validation) and not set(test) & set(train + validation)
+    assert Counter(json.loads(line)["label"] for line in test) == {"c-api": 48, "tutorial": 48}
+    assert sorted(Counter(json.loads(line)["label"] for line in validation).values()) == [38, 39]
+    assert files.subsets == {0.1: 31, 0.3: 92, 1.0: 307}
+
+    # The pretraining corpus: the bundled one less each line that holds a test paragraph, and only those.
+    original = CORPUS.read_text(encoding="utf-8").splitlines()
+    pretrained_on = layout.corpus.read_text(encoding="utf-8").splitlines()
+    test_texts = [json.loads(line)["text"] for line in test]
+    assert (
+        0 < files.corpus_lines_dropped <= len(test) and len(pretrained_on) == len(original) - files.corpus_lines_dropped
+    )
+    assert not any(text in line for line in pretrained_on for text in test_texts)
+    assert any(json.loads(line)["text"] in pretrained_on for line in train)  # training text stays in
 
     steps = demo_steps(layout, size)
     assert [s.name for s in steps[:3]] == ["vocabulary", "preprocess", "pretrain"]
+    assert option(steps[0].command, "--input") == option(steps[1].command, "--input") == str(layout.corpus)
     tuning = [s for s in steps if s.run is not None]
     assert len(tuning) == 18
     by_pair: dict[tuple[float, int], dict[str, list[str]]] = {}
@@ -144,14 +170,14 @@ def test_task_files_and_commands_give_both_arms_the_same_examples(tmp_path):
         command, run = step.command, step.run
         by_pair.setdefault((run.fraction, run.seed), {})[run.arm] = command
         assert option(command, "--validation") == str(layout.task_validation)
-        assert option(command, "--test") == str(CLASSIFY_TEST)
+        assert option(command, "--test") == str(layout.task_test)
         assert option(command, "--seed") == str(run.seed)
         assert option(command, "--epochs") == str(size.finetune_epochs)
         assert option(command, "--tracking-uri") == layout.tracking_uri
         assert option(command, "--output") == str(layout.finetune_run(run))
         assert ("--from-scratch" in command) == (run.arm == "scratch")
         assert ("--no-register" in command) == (not run.registered)
-        examples = subset_size(384, run.fraction)
+        examples = subset_size(307, run.fraction)
         assert step.total_steps == size.finetune_epochs * -(-examples // 32)
         with open(option(command, "--train"), encoding="utf-8") as handle:
             trained_on = handle.read().splitlines()
@@ -289,8 +315,9 @@ def synthetic_summary(layout: DemoLayout, table: dict[float, list[tuple[float, f
         "finetuning": {
             "task": "classify: tutorial or c-api paragraph",
             "epochs": 3,
-            "examples": {"labelled": 480, "train": 384, "validation": 96, "test": 160},
+            "examples": {"labelled": 480, "train": 307, "validation": 77, "test": 96},
             "validation_fraction": 0.2,
+            "test_fraction": 0.2,
             "test_majority_share": 0.5,
             "fractions": sorted(table),
             "seeds": list(range(len(next(iter(table.values()))))),

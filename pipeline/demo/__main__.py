@@ -17,7 +17,7 @@ from pathlib import Path
 
 from model.checkpoint import atomic_write_bytes
 from pipeline.demo.downstream import percent
-from pipeline.demo.layout import CLASSIFY_TEST, CLASSIFY_TRAIN, DEFAULT_HOSTFILE, SIZES, DemoLayout
+from pipeline.demo.layout import CLASSIFY_TRAIN, DEFAULT_HOSTFILE, SIZES, DemoLayout
 from pipeline.demo.report import collect, plot_loss_curves, summary_table
 from pipeline.demo.steps import StepFailed, demo_steps, run_step, step_environment, write_task_files
 
@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo: writing to {layout.root}")
     task = write_task_files(layout, size)
     print(
-        f"demo: {CLASSIFY_TRAIN.name}: {task.train} paragraphs to train on, {task.validation} carved out to choose "
-        f"the best epoch ({layout.tasks}); {CLASSIFY_TEST.name} is the test set; training on "
+        f"demo: {CLASSIFY_TRAIN.name}: {task.test} paragraphs carved out as the test set (and the "
+        f"{task.corpus_lines_dropped} corpus lines that hold them left out of pretraining), {task.validation} to "
+        f"choose the best epoch, {task.train} to train on ({layout.tasks}); training on "
         + ", ".join(f"{percent(f)}% ({n})" for f, n in task.subsets.items())
         + f" of them, {size.finetune_seeds} seed{'s' if size.finetune_seeds > 1 else ''}",
         flush=True,

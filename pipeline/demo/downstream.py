@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 ARMS = ("pretrained", "scratch")  # fine-tuned from the pretrained champion, and from random weights
-SPLIT_SALT = 20_240  # separate streams for the validation carve and the per-seed subsets
+SPLIT_SALT = 20_240  # separate streams for the validation carve, the per-seed subsets and the test carve
 SUBSET_SALT = 20_241
+TEST_SALT = 20_242
 
 
 def majority_share(labels: Iterable[Hashable]) -> float:
@@ -80,11 +81,36 @@ def stratified_sample(labels: Sequence[Hashable], count: int, rng: np.random.Gen
     return sorted(chosen)
 
 
-def carve_validation(labels: Sequence[Hashable], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(training indices, validation indices): `fraction` of the examples, stratified by label, held out to
-    choose the best epoch; the rest for training. Both in the file's order."""
-    held = set(stratified_sample(labels, subset_size(len(labels), fraction), np.random.default_rng([SPLIT_SALT, seed])))
+def carve(labels: Sequence[Hashable], fraction: float, seed: int, salt: int) -> tuple[list[int], list[int]]:
+    """(kept indices, held-out indices): `fraction` of the examples, stratified by label, held out; both in the
+    file's order. `salt` keeps the streams of different carves apart."""
+    held = set(stratified_sample(labels, subset_size(len(labels), fraction), np.random.default_rng([salt, seed])))
     return [i for i in range(len(labels)) if i not in held], sorted(held)
+
+
+def carve_validation(labels: Sequence[Hashable], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training indices, validation indices): the validation split chooses the best epoch."""
+    return carve(labels, fraction, seed, SPLIT_SALT)
+
+
+def carve_test(labels: Sequence[Hashable], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(the rest, test indices): the test split is scored once per run, and left out of pretraining too."""
+    return carve(labels, fraction, seed, TEST_SALT)
+
+
+def corpus_without(lines: Iterable[str], held_out: Sequence[str]) -> tuple[list[str], int]:
+    """The corpus lines less every line that holds one of the `held_out` texts (a labelled paragraph is a
+    line of the corpus, or part of one): a model is not pretrained on the text it is then tested on. Returns
+    the kept lines and how many were dropped."""
+    texts = [text for text in held_out if text]
+    kept: list[str] = []
+    dropped = 0
+    for line in lines:
+        if line and any(text in line for text in texts):
+            dropped += 1
+        else:
+            kept.append(line)
+    return kept, dropped
 
 
 def subset_indices(labels: Sequence[Hashable], fraction: float, seed: int) -> list[int]:

@@ -63,9 +63,9 @@ SIZES = {
     ),
 }
 CORPUS = PYDOCS / "demo_corpus.txt"
-CLASSIFY_TRAIN = PYDOCS / "tasks" / "classify_train.jsonl"
-CLASSIFY_TEST = PYDOCS / "tasks" / "classify_validation.jsonl"  # files the pretraining corpus leaves out
-VALIDATION_FRACTION = 0.2  # of CLASSIFY_TRAIN, carved out (stratified) to choose the best epoch
+CLASSIFY_TRAIN = PYDOCS / "tasks" / "classify_train.jsonl"  # the labelled paragraphs the demo splits
+TEST_FRACTION = 0.2  # of CLASSIFY_TRAIN, carved out (stratified) as the test set, and left out of the corpus
+VALIDATION_FRACTION = 0.2  # of the rest, carved out (stratified) to choose the best epoch
 SPLIT_SEED = 0
 MAX_SEQ_LENGTH = 128  # launch/preprocess.sh --phase 1
 
@@ -94,9 +94,18 @@ class DemoLayout:
 
     @property
     def tasks(self) -> Path:
-        """The labelled task as the fine-tuning runs read it: training and validation carved from
+        """The labelled task as the fine-tuning runs read it: test, validation and training carved from
         CLASSIFY_TRAIN, and the training subsets of the fractions below 1."""
         return self.root / "tasks"
+
+    @property
+    def corpus(self) -> Path:
+        """CORPUS less the test paragraphs: what the vocabulary and the pretraining data are made from."""
+        return self.root / "corpus.txt"
+
+    @property
+    def task_test(self) -> Path:
+        return self.tasks / "classify_test.jsonl"
 
     @property
     def task_train(self) -> Path:
@@ -152,7 +161,7 @@ class DemoLayout:
     def outputs(self) -> list[Path]:
         """Everything the demo writes; `--overwrite` removes these and nothing else."""
         directories = [self.tokenizer, self.data, self.pretrain, self.tasks, self.finetune, self.mlflow, self.cache]
-        return [*directories, self.logs, self.summary_markdown, self.summary_json, self.loss_curves]
+        return [*directories, self.corpus, self.logs, self.summary_markdown, self.summary_json, self.loss_curves]
 
     def existing_outputs(self) -> list[Path]:
         return [path for path in self.outputs() if path.exists()]

@@ -25,10 +25,10 @@ from pipeline.demo.downstream import (
 )
 from pipeline.demo.layout import (
     CLASSIFIER_MODEL,
-    CLASSIFY_TEST,
     CLASSIFY_TRAIN,
     CORPUS,
     REGISTERED_MODEL,
+    TEST_FRACTION,
     VALIDATION_FRACTION,
     DemoLayout,
 )
@@ -77,11 +77,13 @@ def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, 
     results = [RunResult(f["arm"], f["fraction"], f["seed"], f["test_accuracy"]) for f in finished]
     comparisons = compare(results, train_examples)
     registered = next(f for f, run in zip(finished, runs, strict=True) if run.registered)
-    test_labels = read_labels(CLASSIFY_TEST)
+    test_labels = read_labels(layout.task_test)
     return {
         "corpus": {
             "path": str(CORPUS),
             "bytes": CORPUS.stat().st_size,
+            "pretrained_on": str(layout.corpus),
+            "pretrained_on_bytes": layout.corpus.stat().st_size,
             "documents": manifest.counters["documents"],
         },
         "dataset": {
@@ -105,6 +107,7 @@ def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, 
                 "test": len(test_labels),
             },
             "validation_fraction": VALIDATION_FRACTION,
+            "test_fraction": TEST_FRACTION,
             "test_majority_share": majority_share(test_labels),
             "fractions": sorted(train_examples),
             "seeds": sorted({run.seed for run in runs}),
@@ -232,11 +235,11 @@ def finetuning_lines(summary: dict[str, Any]) -> list[str]:
     registered = tune["registered_run"]
     epochs = f"{tune['epochs']} epoch{'s' if tune['epochs'] > 1 else ''}"
     lines = [
-        f"Fine-tuning ({tune['task']}): {examples['labelled']} labelled paragraphs, of which "
-        f"{examples['validation']} ({percent(tune['validation_fraction'])}%, by label) are held back to choose the "
-        f"best of {epochs} and {examples['train']} are for training; each run is scored once on "
-        f"{examples['test']} test paragraphs from files the pretraining corpus leaves out. Test accuracy, "
-        f"{spread_note}; both columns of a row train on the same examples.",
+        f"Fine-tuning ({tune['task']}): {examples['labelled']} labelled paragraphs; {examples['test']} "
+        f"({percent(tune['test_fraction'])}%, by label) are the test set, scored once per run and left out of the "
+        f"pretraining corpus, {examples['validation']} of the rest ({percent(tune['validation_fraction'])}%) choose "
+        f"the best of {epochs} and {examples['train']} are for training. Test accuracy, {spread_note}; both "
+        f"columns of a row train on the same examples.",
         "",
         f"| labelled training examples | from `models:/{champion['name']}@champion` (version {champion['version']}, "
         f"step {champion['step']}) | from random weights | gap, accuracy points |",

@@ -13,10 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.checkpoint import atomic_write_bytes
-from pipeline.demo.downstream import FinetuneRun, carve_validation, percent, plan_runs, subset_indices, subset_size
+from pipeline.demo.downstream import (
+    FinetuneRun,
+    carve_test,
+    carve_validation,
+    corpus_without,
+    percent,
+    plan_runs,
+    subset_indices,
+    subset_size,
+)
 from pipeline.demo.layout import (
     CLASSIFIER_MODEL,
-    CLASSIFY_TEST,
     CLASSIFY_TRAIN,
     CORPUS,
     DEMO_CONFIG,
@@ -24,6 +32,7 @@ from pipeline.demo.layout import (
     REGISTERED_MODEL,
     ROOT,
     SPLIT_SEED,
+    TEST_FRACTION,
     VALIDATION_FRACTION,
     DemoLayout,
     DemoSize,
@@ -72,10 +81,10 @@ def step_environment(layout: DemoLayout, base: dict[str, str]) -> dict[str, str]
 def demo_steps(layout: DemoLayout, size: DemoSize) -> list[Step]:
     """Vocabulary, Beam job, pretraining, then one fine-tuning step per (seed, fraction, arm)."""
     tracking = ["--tracking-uri", layout.tracking_uri]
-    vocabulary = [sys.executable, "-m", "pipeline.cli", "tokenizer", "train", "--input", str(CORPUS)]
+    vocabulary = [sys.executable, "-m", "pipeline.cli", "tokenizer", "train", "--input", str(layout.corpus)]
     vocabulary += ["--vocab-size", str(size.vocab_size), "--out", str(layout.tokenizer)]
 
-    preprocess = [str(ROOT / "launch" / "preprocess.sh"), "--phase", "1", "--input", str(CORPUS)]
+    preprocess = [str(ROOT / "launch" / "preprocess.sh"), "--phase", "1", "--input", str(layout.corpus)]
     preprocess += ["--tokenizer", str(layout.tokenizer), "--output", str(layout.data)]
     preprocess += ["--dupe-factor", str(size.dupe_factor), "--validation-fraction", "0.02", "--shard-mb", "8"]
     preprocess += [f"--direct_num_workers={BEAM_WORKERS}"]
@@ -119,8 +128,9 @@ def demo_steps(layout: DemoLayout, size: DemoSize) -> list[Step]:
 
 
 def training_examples(labelled: int) -> int:
-    """What is left for training of the labelled examples once the validation split is carved out."""
-    return labelled - subset_size(labelled, VALIDATION_FRACTION)
+    """What is left for training of the labelled examples once the test and validation splits are carved out."""
+    rest = labelled - subset_size(labelled, TEST_FRACTION)
+    return rest - subset_size(rest, VALIDATION_FRACTION)
 
 
 def finetune_title(run: FinetuneRun, examples: int) -> str:
@@ -131,10 +141,10 @@ def finetune_title(run: FinetuneRun, examples: int) -> str:
 
 def finetune_command(layout: DemoLayout, size: DemoSize, run: FinetuneRun) -> list[str]:
     """`launch/finetune.sh classify`: the epoch chosen on the carved validation split, then scored once on
-    the test file. Every run is tracked in the demo's store; only the registered run registers."""
+    the carved test split. Every run is tracked in the demo's store; only the registered run registers."""
     command = [str(ROOT / "launch" / "finetune.sh"), "classify", "--model", f"models:/{REGISTERED_MODEL}@champion"]
     command += ["--train", str(layout.task_subset(run.fraction, run.seed))]
-    command += ["--validation", str(layout.task_validation), "--test", str(CLASSIFY_TEST)]
+    command += ["--validation", str(layout.task_validation), "--test", str(layout.task_test)]
     command += ["--tracking-uri", layout.tracking_uri, "--seed", str(run.seed)]
     command += ["--epochs", str(size.finetune_epochs), "--learning-rate", str(size.finetune_learning_rate)]
     command += ["--batch-size", str(FINETUNE_BATCH_SIZE), "--max-seq-length", str(MAX_SEQ_LENGTH), "--log-every", "1"]
@@ -149,22 +159,36 @@ def finetune_command(layout: DemoLayout, size: DemoSize, run: FinetuneRun) -> li
 class TaskFiles:
     train: int  # examples left for training
     validation: int  # carved out to choose the best epoch
+    test: int  # carved out to score each run once, and left out of the pretraining corpus
     subsets: dict[float, int]  # training examples at each fraction
+    corpus_lines_dropped: int  # lines of the corpus that held a test paragraph
 
 
-def write_task_files(layout: DemoLayout, size: DemoSize, source: Path = CLASSIFY_TRAIN) -> TaskFiles:
-    """The validation split carved from `source` (stratified, seeded), the rest as training, and each seed's
-    subset for the fractions below 1, all under `layout.tasks`; lines are copied unchanged."""
+def write_task_files(
+    layout: DemoLayout, size: DemoSize, source: Path = CLASSIFY_TRAIN, corpus: Path = CORPUS
+) -> TaskFiles:
+    """The test split carved from `source` (stratified, seeded), then the validation split from the rest, the
+    remainder as training, and each seed's subset for the fractions below 1, all under `layout.tasks` (lines
+    copied unchanged); and `corpus` less the lines that hold a test paragraph, as `layout.corpus`. All splits
+    come from the same files, so the test measures the task the classifier was trained for; the pretraining
+    corpus never holds the text it is tested on."""
     lines = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     labels = [json.loads(line)["label"] for line in lines]
-    train, validation = carve_validation(labels, VALIDATION_FRACTION, SPLIT_SEED)
+    rest, test = carve_test(labels, TEST_FRACTION, SPLIT_SEED)
+    kept, validation = carve_validation([labels[i] for i in rest], VALIDATION_FRACTION, SPLIT_SEED)
+    train, validation = [rest[i] for i in kept], [rest[i] for i in validation]
 
     def write(path: Path, indexes: list[int]) -> None:
         atomic_write_bytes(path, "".join(lines[i] + "\n" for i in indexes).encode("utf-8"))
 
     layout.tasks.mkdir(parents=True, exist_ok=True)
+    write(layout.task_test, test)
     write(layout.task_train, train)
     write(layout.task_validation, validation)
+    corpus_lines, dropped = corpus_without(
+        corpus.read_text(encoding="utf-8").splitlines(), [json.loads(lines[i])["text"] for i in test]
+    )
+    atomic_write_bytes(layout.corpus, "".join(line + "\n" for line in corpus_lines).encode("utf-8"))
     train_labels = [labels[i] for i in train]
     subsets = {}
     for fraction in size.finetune_fractions:
@@ -173,7 +197,7 @@ def write_task_files(layout: DemoLayout, size: DemoSize, source: Path = CLASSIFY
             if fraction < 1.0:
                 write(layout.task_subset(fraction, seed), [train[i] for i in chosen])
             subsets[fraction] = len(chosen)
-    return TaskFiles(len(train), len(validation), subsets)
+    return TaskFiles(len(train), len(validation), len(test), subsets, dropped)
 
 
 def count_lines(path: Path) -> int:
