@@ -46,8 +46,9 @@ TEST_REQUIRE = [
     "s3fs>=2024.1",
 ]
 
-# Datasets on object stores: fsspec's implementations for S3 and Google Cloud Storage.
-OBJECT_STORES = {"s3": ["s3fs>=2024.1"], "gcs": ["gcsfs>=2024.1"]}
+# Object stores: fsspec's implementations for S3 (and S3-compatible stores) and Google Cloud Storage; for
+# Google Cloud, Beam's Dataflow runner too.
+CLOUDS = {"aws": ["s3fs>=2024.1"], "gcp": ["gcsfs>=2024.1", "apache-beam[gcp]>=2.60,<2.78"]}
 
 setup(
     name="bertpipe",
@@ -59,7 +60,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["model", "model.*", "pipeline", "pipeline.*", "preprocessing", "preprocessing.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRE, **OBJECT_STORES},
+    extras_require={"test": TEST_REQUIRE, **CLOUDS},
     entry_points={"console_scripts": ["bertpipe = pipeline.cli:main"]},
     license="Apache-2.0",
 )

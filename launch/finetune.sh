@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+""":"
 # Fine-tuning under the deepspeed launcher on one or many GPUs and nodes; one process on CPU.
 #
 #   launch/finetune.sh classify --model models:/bert-large@champion --train train.csv --validation dev.csv \
@@ -24,3 +25,14 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/python.sh"
 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m pipeline.launcher finetune "$@"
+":"""
+# Read by Python only when a launcher runs this file with Python (`deepspeed launch/finetune.sh ...` without
+# --no_python): the file is both a bash script (above; the first line is bash's no-op `:`) and a Python one.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.launcher import main  # noqa: E402
+
+sys.exit(main(["finetune", *sys.argv[1:]]))
+

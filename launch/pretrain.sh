@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+""":"
 # BERT pretraining under the deepspeed launcher, on one machine or many.
 #
 #   launch/pretrain.sh --phase 1 --dataset data/seq128 --output runs/large [--resume auto]
@@ -36,3 +37,14 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/python.sh"
 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m pipeline.launcher pretrain "$@"
+":"""
+# Read by Python only when a launcher runs this file with Python (`deepspeed launch/pretrain.sh ...` without
+# --no_python): the file is both a bash script (above; the first line is bash's no-op `:`) and a Python one.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.launcher import main  # noqa: E402
+
+sys.exit(main(["pretrain", *sys.argv[1:]]))
+

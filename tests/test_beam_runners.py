@@ -70,6 +70,13 @@ def wait_for_port(port: int, timeout_s: float) -> None:
 
 
 @pytest.mark.slow
+def test_portable_runner_in_loopback_mode_writes_the_local_runners_bytes(tmp_path, pretraining_dataset):
+    runner = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
+    run_job(tmp_path / "ds", pretraining_dataset, runner)
+    assert_same_dataset(tmp_path / "ds", pretraining_dataset)
+
+
+@pytest.mark.slow
 def test_portable_runner_with_an_external_worker_pool_writes_the_local_runners_bytes(tmp_path, pretraining_dataset):
     port = free_port()
     elsewhere = tmp_path / "worker-cwd"

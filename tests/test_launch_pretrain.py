@@ -82,3 +82,17 @@ def test_started_by_the_launcher_it_hands_over_to_the_trainer(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert f"error: dataset directory {tmp_path / 'absent'} does not exist" in result.stderr
+
+
+def test_the_script_also_runs_as_python_as_the_deepspeed_command_runs_it(tmp_path):
+    """`deepspeed launch/pretrain.sh ...` without --no_python runs `python launch/pretrain.sh` on each rank: the
+    file is a Python program too, and hands over to the trainer the same way."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    environment.update(RANK="0", LOCAL_RANK="0")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--local_rank=0", "--phase", "tiny", "--dataset", str(tmp_path / "absent"),
+         "--output", str(tmp_path / "run")],
+        capture_output=True, text=True, env=environment, cwd="/",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"error: dataset directory {tmp_path / 'absent'} does not exist" in result.stderr

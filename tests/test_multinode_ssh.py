@@ -50,6 +50,9 @@ def test_two_nodes_over_ssh_train_and_stop_with_a_checkpoint_on_sigterm(ssh_host
     assert "DS_ACCELERATOR=cpu" in forwarded and "BERTPIPE_TEST_MARK=from-the-launching-node" in forwarded
     ranks = rank_processes(output)
     assert len(ranks) == 2 and all(started_over_ssh(rank) for rank in ranks)  # one per "node", by pdsh over ssh
+    for rank in ranks:  # what the launching node set reached the ranks that sshd started
+        assert rank.environ().get("BERTPIPE_TEST_MARK") == "from-the-launching-node"
+        assert rank.environ().get("DS_ACCELERATOR") == "cpu"
 
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=240)
