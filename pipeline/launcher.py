@@ -201,7 +201,7 @@ def find_hostfile(job: Job, options: LaunchOptions, env: Mapping[str, str]) -> P
     if env.get("SLURM_JOB_NODELIST"):
         if job.output is None:
             raise LaunchError("inside a Slurm allocation give --output DIR: the hostfile is written there")
-        slots = options.gpus_per_node or int(env.get("SLURM_GPUS_ON_NODE", "1").split("(")[0])
+        slots = options.gpus_per_node or slurm_gpus(env)
         try:
             hosts = hostfiles.expand_nodelist(env["SLURM_JOB_NODELIST"])
             text = hostfiles.hostfile_text(hosts, slots)
@@ -213,6 +213,19 @@ def find_hostfile(job: Job, options: LaunchOptions, env: Mapping[str, str]) -> P
         return path
     default = LAUNCH / "hostfile"
     return default if default.is_file() else None
+
+
+def slurm_gpus(env: Mapping[str, str]) -> int:
+    """Ranks per node inside a Slurm allocation: its GPUs per node (one rank on CPU). An allocation that does not
+    say is an error, not one rank per node: eight GPUs of a node would sit idle."""
+    if env.get("SLURM_GPUS_ON_NODE"):
+        return int(env["SLURM_GPUS_ON_NODE"].split("(")[0])
+    if env.get("DS_ACCELERATOR") == "cpu":
+        return 1
+    raise LaunchError(
+        "the Slurm allocation does not say how many GPUs each node has (no SLURM_GPUS_ON_NODE): request them "
+        "with sbatch --gpus-per-node=G, or pass --gpus-per-node G"
+    )
 
 
 def hosts_of(hostfile: Path) -> list[str]:

@@ -100,3 +100,14 @@ def test_finetune_runs_under_slurm_and_without_ssh_like_pretraining(tmp_path):
     assert result.returncode == 0 and "-m pipeline.cli finetune classify --output" in result.stdout  # one process
     result = finetune_command("summarize")
     assert result.returncode == 2 and "the first argument is the task: classify, ner or qa" in result.stderr
+
+
+def test_a_slurm_allocation_that_does_not_say_its_gpus_is_an_error_not_one_rank_per_node(tmp_path):
+    result = finetune_command("classify", "--output", str(tmp_path / "ft"), SLURM_JOB_NODELIST="gpu[1-2]")
+    assert (
+        result.returncode == 2 and "no SLURM_GPUS_ON_NODE): request them with sbatch --gpus-per-node" in result.stderr
+    )
+    result = finetune_command(
+        "classify", "--output", str(tmp_path / "ft"), "--gpus-per-node", "4", SLURM_JOB_NODELIST="gpu[1-2]"
+    )
+    assert result.returncode == 0 and (tmp_path / "ft" / "hostfile.slurm").read_text() == "gpu1 slots=4\ngpu2 slots=4\n"
