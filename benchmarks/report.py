@@ -196,6 +196,30 @@ LOADER_ROWS = {
 }
 
 
+def plan(results: Path) -> list[str]:
+    run = json.loads((results / "plan.json").read_text())
+    shared, large = run["shared_plan"], run["terabyte_plan"]
+    rows = [
+        [
+            f"{shared['buckets']:,} buckets -> {shared['shards']:,} shards",
+            f"{shared['ours_s']:.3f}",
+            f"{shared['definition_s']:.1f}",
+            f"{shared['speedup']:,.0f}x",
+        ],
+        [
+            f"{large['buckets']:,} buckets -> {large['shards']:,} shards (~{large['text_tb']} TB of text)",
+            f"{large['ours_s']:.1f}",
+            f"~{large['definition_s_scaled'] / 3600:,.0f} h (scaled)",
+            "",
+        ],
+    ]
+    return [
+        f"Machine: {run['machine']}, one core.",
+        "",
+        *table(["plan", "ours, s", "every shard x every bucket, s", "speed-up"], rows, "lrrr"),
+    ]
+
+
 def loader(results: Path) -> list[str]:
     run = json.loads((results / "loader.json").read_text())
     measured = run["results"]
@@ -316,6 +340,7 @@ BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "model_step_gpu": (model_step_gpu, "make bench on a machine with a GPU"),
     "preprocess": (preprocess, "python benchmarks/run_all.py --only preprocess"),
+    "plan": (plan, "python benchmarks/run_all.py --only plan"),
     "loader": (loader, "python benchmarks/run_all.py --only loader"),
     "learning": (learning, "python benchmarks/run_all.py --only learning"),
 }

@@ -36,6 +36,7 @@ def commands(results: Path) -> dict[str, list[list[str]]]:
     plan = {
         "cpu_step": [cpu_step],
         "preprocess": [[python, str(BENCHMARKS / "preprocess.py"), "--out", str(results / "preprocess.json")]],
+        "plan": [[python, str(BENCHMARKS / "plan.py"), "--out", str(results / "plan.json")]],
         "loader": [[python, str(BENCHMARKS / "loader.py"), "--out", str(results / "loader.json")]],
         "learning": [[python, str(BENCHMARKS / "learning.py"), "--output-dir", str(results)]],
         "gpu_step": [],
@@ -53,7 +54,9 @@ def commands(results: Path) -> dict[str, list[list[str]]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=["cpu_step", "preprocess", "loader", "learning", "gpu_step"])
+    parser.add_argument(
+        "--only", nargs="+", choices=["cpu_step", "preprocess", "plan", "loader", "learning", "gpu_step"]
+    )
     parser.add_argument("--results", type=Path, default=BENCHMARKS / "results")
     args = parser.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,31 @@ MAX_LINE_BYTES = 1 << 20
 MAX_DOCUMENT_CHARS = 4 << 20
 
 
+# The first bytes of files that are not text, whatever their name says: (magic, what it is, what to do).
+BINARY_SIGNATURES = (
+    (b"\x1f\x8b", "gzip-compressed", "name it .gz so that it is decompressed"),
+    (b"BZh", "bzip2-compressed", "name it .bz2 so that it is decompressed"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "name it .xz so that it is decompressed"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first"),
+    (b"PK\x03\x04", "a zip archive", "extract it first"),
+    (b"\x7fELF", "an executable or shared library", "leave it out of --input"),
+    (b"%PDF-", "a PDF document", "extract its text first"),
+    (b"PAR1", "a Parquet file", "pass --format parquet"),
+)
+SNIFF_BYTES = 8192
+
+
+def binary_content(head: bytes) -> str | None:
+    """What is wrong with an input whose content starts with `head`, if it is not UTF-8 text: a known binary
+    format, or NUL bytes (never in UTF-8 text; UTF-16 text has them). None for text."""
+    for magic, what, remedy in BINARY_SIGNATURES:
+        if head.startswith(magic):
+            return f"is {what}, not text: {remedy}"
+    if b"\x00" in head:
+        return "holds NUL bytes: it is binary, or text in an encoding other than UTF-8 (UTF-16?); convert it to UTF-8"
+    return None
+
+
 @dataclass
 class ReadStats:
     documents: int = 0

@@ -13,6 +13,7 @@ import numpy as np
 from preprocessing import beam_job
 from preprocessing import storage as fs
 from preprocessing.beam_job import WORK_DIR, JobParams
+from preprocessing.documents import SNIFF_BYTES, binary_content
 from preprocessing.manifest import MANIFEST_NAME, SPLITS, Manifest, recipe_differences
 from preprocessing.planning import plan_buckets
 from preprocessing.shards import POSITION_DTYPE, token_dtype
@@ -75,6 +76,20 @@ def match_inputs(patterns: list[str]) -> list[tuple[str, int]]:
     return sorted(files.items())
 
 
+def check_text_inputs(paths: list[str]) -> None:
+    """Every text or JSON Lines input must start as UTF-8 text (after decompression): a renamed archive or
+    library would otherwise become training data."""
+    problems = []
+    for path in paths:
+        with fs.open_input(path) as stream:
+            problem = binary_content(stream.read(SNIFF_BYTES))
+        if problem:
+            problems.append(f"{path} {problem}")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise PreprocessError(f"not every input is text: {shown}")
+
+
 OWN_FILES = (MANIFEST_NAME, TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG)
 
 
@@ -126,6 +141,8 @@ def run(
     paths are made absolute: a worker may run in another folder."""
     output_dir, tokenizer_dir = fs.absolute(output_dir), fs.absolute(tokenizer_dir)
     files = match_inputs(inputs)
+    if params.input_format != "parquet":
+        check_text_inputs([path for path, size in files if size])
     tasks = beam_job.plan_reads(files, params.input_format, params.text_field)
     tokenizer = load_tokenizer(tokenizer_dir)
     info = tokenizer_info(tokenizer)

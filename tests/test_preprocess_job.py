@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -334,6 +335,28 @@ def test_unsupported_compression_and_impossible_parameters_fail_early(tmp_path, 
         JobParams(validation_fraction=1.0)
     with pytest.raises(ValueError, match=r"input format 'csv' is not one of"):
         JobParams(input_format="csv")
+
+
+def test_binary_files_named_as_text_are_refused_before_any_output(tmp_path, tokenizer_dir):
+    """A shared library, a gzip file and UTF-16 text, each renamed .txt, beside a real text file: the job says
+    what each one is and writes nothing."""
+    library = Path(sys.executable).resolve()  # an ELF executable
+    (tmp_path / "library.txt").write_bytes(library.read_bytes()[:100_000])
+    (tmp_path / "compressed.txt").write_bytes(gzip.compress(CORPUS.read_bytes()[:50_000]))
+    (tmp_path / "wide.txt").write_bytes("Some text.\n\nMore text.\n".encode("utf-16"))
+    shutil.copy(CORPUS, tmp_path / "real.txt")
+    with pytest.raises(PreprocessError) as raised:
+        preprocess.run([str(tmp_path / "*.txt")], str(tokenizer_dir), str(tmp_path / "o"), PARAMS, IN_PROCESS)
+    message = str(raised.value)
+    assert "library.txt is an executable or shared library, not text: leave it out of --input" in message
+    assert "compressed.txt is gzip-compressed, not text: name it .gz so that it is decompressed" in message
+    assert "wide.txt holds NUL bytes: it is binary, or text in an encoding other than UTF-8 (UTF-16?)" in message
+    assert "real.txt" not in message and not (tmp_path / "o").exists()
+    gzipped_library = tmp_path / "only" / "library.txt.gz"
+    gzipped_library.parent.mkdir()
+    gzipped_library.write_bytes(gzip.compress(library.read_bytes()[:100_000]))  # sniffed after decompression
+    with pytest.raises(PreprocessError, match=r"library\.txt\.gz is an executable or shared library"):
+        preprocess.run([str(gzipped_library)], str(tokenizer_dir), str(tmp_path / "o"), PARAMS, IN_PROCESS)
 
 
 @pytest.mark.slow
