@@ -395,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_reported_failure(error: RuntimeError) -> bool:
     """Failures whose message says all there is to say (bad shards, a diverged run)."""
-    return type(error).__name__ in {"ShardError", "NonFiniteLossError", "CheckpointWriteError"}
+    return type(error).__name__ in {"ShardError", "NonFiniteLossError", "CheckpointWriteError", "MetricsWriteError"}
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@ per-rank batch fingerprints that prove a resumed run saw the batches an uninterr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +29,10 @@ def batch_fingerprint(batches: Iterable[dict[str, torch.Tensor]]) -> str:
     return digest.hexdigest()[:16]
 
 
+class MetricsWriteError(RuntimeError):
+    """metrics.jsonl could not be appended to; the message names the file, the cause and what to do."""
+
+
 class JsonLines:
     """An append-only JSON Lines file. A resumed run first drops the records past its checkpoint's step,
     so the file tells one history, with the steps the interrupted run repeated appearing once."""
@@ -39,11 +45,24 @@ class JsonLines:
             atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode("utf-8"))
         elif resume_step is None and path.is_file():
             path.unlink()
-        self.handle = path.open("a", encoding="utf-8")
+        self.handle = path.open("ab", buffering=0)
 
     def write(self, record: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(record, allow_nan=True) + "\n")
-        self.handle.flush()
+        """Append one record as one line. A line that cannot be written whole (a full disk, a quota) is cut
+        off again, so the file keeps only whole records, and the error says what happened."""
+        line = (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
+        start = os.fstat(self.handle.fileno()).st_size
+        try:
+            written = 0
+            while written < len(line):
+                written += self.handle.write(line[written:])
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.handle.fileno(), start)
+            raise MetricsWriteError(
+                f"cannot append to {self.path}: {error.strerror or error} (step {record.get('step')}); the run "
+                f"stops here: free space and continue with --resume auto"
+            ) from error
 
     def close(self) -> None:
         self.handle.close()

@@ -253,7 +253,10 @@ class Trainer:
             log.error("%s", error)
             return 1
         except Exception as error:  # a bad shard, a lost rank, a full disk: pollers must not read "running"
-            self._status("failed", self.engine.global_steps, f"{type(error).__name__}: {error}"[:2000])
+            try:
+                self._status("failed", self.engine.global_steps, f"{type(error).__name__}: {error}"[:2000])
+            except OSError as status_error:  # on a full disk the status may not be writable either
+                log.error("cannot write %s: %s", STATUS_FILE, status_error)
             raise
         finally:
             bar.close()
