@@ -214,7 +214,7 @@ def plan(results: Path) -> list[str]:
         ],
     ]
     return [
-        f"Machine: {run['machine']}, one core.",
+        f"Machine: {run['machine']}; the planning itself runs on one core.",
         "",
         *table(["plan", "ours, s", "every shard x every bucket, s", "speed-up"], rows, "lrrr"),
     ]

@@ -287,7 +287,7 @@ def summary_table(summary: dict[str, Any]) -> str:
         f"| champion exported for Hugging Face | `{artefacts['exported_champion']}` |",
         f"| registered pretrained model | `models:/{REGISTERED_MODEL}@champion` = version {champion['version']} of "
         f"{len(registry[REGISTERED_MODEL]['versions'])} |",
-        f"| the task's training, validation and subset files | `{artefacts['task_files']}` |",
+        f"| the task's test, validation, training and subset files | `{artefacts['task_files']}` |",
         f"| fine-tuning runs (`<arm>-<percent>pct-seed<seed>`) | `{artefacts['finetuning_runs']}` |",
         f"| registered classifier | `models:/{CLASSIFIER_MODEL}@champion` = version "
         f"{classifier_aliases.get(CHAMPION, '-')}, `{artefacts['registered_classifier']}` |",
