@@ -209,7 +209,7 @@ def find_hostfile(job: Job, options: LaunchOptions, env: Mapping[str, str]) -> P
             raise LaunchError(str(error)) from None
         job.output.mkdir(parents=True, exist_ok=True)
         path = job.output / "hostfile.slurm"
-        path.write_text(text)
+        hostfiles.write_atomically(str(path), text)
         return path
     default = LAUNCH / "hostfile"
     return default if default.is_file() else None
@@ -278,12 +278,14 @@ def write_environment_file(directory: Path, env: Mapping[str, str]) -> Path:
     return path
 
 
-def launcher_command(job: Job, options: LaunchOptions, hostfile: Path | None, script: Path, python: str) -> list[str]:
+def launcher_command(
+    job: Job, options: LaunchOptions, hostfile: Path | None, hosts: list[str], script: Path, python: str
+) -> list[str]:
     command = [python, "-m", "deepspeed.launcher.runner", "--master_port", str(options.master_port)]
     master_addr = options.master_addr
     if hostfile is not None:
         command += ["--hostfile", str(hostfile)]
-        master_addr = master_addr or hosts_of(hostfile)[0]
+        master_addr = master_addr or hosts[0]
     if options.nodes is not None:
         command += ["--num_nodes", str(options.nodes)]
     if options.gpus_per_node is not None:
@@ -392,15 +394,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if all(env.get(name) for name in RANK_VARIABLES):  # started by the launcher, once per rank
             os.execv(python, [python, *job.rank_command])
         hostfile = find_hostfile(job, options, env)
+        hosts = hosts_of(hostfile) if hostfile is not None else []
         if options.gpus_per_node is None and env.get("DS_ACCELERATOR") == "cpu":
             options.gpus_per_node = 1
         single = kind == "finetune" and env.get("DS_ACCELERATOR") == "cpu" and options.gpus_per_node == 1
         if single and hostfile is None:
             command = [python, *job.rank_command]
         else:
-            if hostfile is not None:
-                check_remote_start(hosts_of(hostfile), options)
-            command = launcher_command(job, options, hostfile, script, python)
+            check_remote_start(hosts, options)
+            command = launcher_command(job, options, hostfile, hosts, script, python)
     except LaunchError as error:
         print(f"{script.name}: {error}", file=sys.stderr)
         return 2
@@ -418,9 +420,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return 1
     print(f"{script.name}: {shlex.join(command)}", file=sys.stderr)
     remote_stop = None
-    if hostfile is not None and job.output is not None and over_ssh(hosts_of(hostfile), options):
+    if job.output is not None and over_ssh(hosts, options):
         env = pdsh_environment(env, options)
-        remote_stop = remote_stop_command(job, used_hosts(hosts_of(hostfile), options))
+        remote_stop = remote_stop_command(job, used_hosts(hosts, options))
     return run_in_group(command, env, job, remote_stop)
 
 

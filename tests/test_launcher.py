@@ -111,3 +111,8 @@ def test_a_slurm_allocation_that_does_not_say_its_gpus_is_an_error_not_one_rank_
         "classify", "--output", str(tmp_path / "ft"), "--gpus-per-node", "4", SLURM_JOB_NODELIST="gpu[1-2]"
     )
     assert result.returncode == 0 and (tmp_path / "ft" / "hostfile.slurm").read_text() == "gpu1 slots=4\ngpu2 slots=4\n"
+
+
+def test_inside_slurm_the_run_directory_is_needed_for_the_hostfile():
+    result = finetune_command("classify", "--gpus-per-node", "4", SLURM_JOB_NODELIST="gpu[1-2]")
+    assert result.returncode == 2 and "inside a Slurm allocation give --output DIR" in result.stderr
