@@ -247,7 +247,7 @@ def test_attention_that_starts_local_learns_from_the_context(demo_corpus_dataset
     ds_config["train_micro_batch_size_per_gpu"] = 64  # the demo's global batch, in one process
     (tmp_path / "deepspeed.json").write_text(json.dumps(ds_config))
     overrides = (*overrides, "--deepspeed-config", str(tmp_path / "deepspeed.json"))
-    result = run_single(demo_corpus_dataset, output, *overrides, config=DEMO_CONFIG)
+    result = run_single(demo_corpus_dataset, output, *overrides, config=DEMO_CONFIG, timeout=900)  # ~5 min on 2 cores
     assert result.returncode == 0, result.stderr[-3000:]
     gain = [r for r in metrics(output) if "eval_mask_gain" in r][-1]["eval_mask_gain"]
     assert gain > LOCAL_GAIN, gain
