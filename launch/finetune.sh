@@ -8,7 +8,7 @@
 #   launch/finetune.sh qa --model models:/bert-large@champion --train train-v2.0.json --validation dev-v2.0.json \
 #       --output runs/squad2 --max-seq-length 384 --doc-stride 128
 #
-# Launcher options (everything else goes to `bertpipe finetune TASK`, see `bertpipe finetune --help`):
+# Launcher options (everything else goes to `bertpipe finetune TASK`, listed by --help):
 #   --gpus-per-node G   ranks per node (default: every GPU; with DS_ACCELERATOR=cpu, 1: a plain process)
 #   --nodes N           nodes to use from the hostfile (default: all of them)
 #   --master-addr A     rank 0's address (default: the first host of the hostfile)
@@ -18,6 +18,8 @@
 #   --ssh-port P        ssh port of the other nodes (pdsh)
 #   --no-ssh-check      skip DeepSpeed's passwordless-ssh probe of the first host
 #   --print-command     print the command line and exit
+#   --verbose           DeepSpeed's and the engines' INFO logs too (or BERTPIPE_VERBOSE=1)
+#   -h, --help          this text, then the options of `bertpipe finetune`
 # HOSTFILE names the DeepSpeed hostfile (default launch/hostfile, if present; see launch/hostfile.example);
 # inside a Slurm allocation the hostfile is built from it. SIGTERM or SIGINT reaches every rank. The same
 # launcher as launch/pretrain.sh (pipeline/launcher.py): see there for what is forwarded to other nodes.

@@ -16,6 +16,7 @@
 #   --background                start, wait until it answers, print the URI and exit
 #   --pid-file FILE             (with --background; default DIR/server.pid)
 #   --wait S                    seconds to wait for /health (default 120)
+#   -h, --help                  this text
 # Every other option goes to `mlflow server` (e.g. --workers 1, --allowed-hosts).
 #
 # Once the server answers on /health, the tracking URI (e.g. http://127.0.0.1:5000) is printed on stdout:
@@ -27,12 +28,7 @@
 # BERTPIPE_PYTHON names the Python to use (default: the project's .venv, else python3 on PATH).
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python=${BERTPIPE_PYTHON:-$root/.venv/bin/python}
-[[ -x $python ]] || python=$(command -v python3) || {
-  echo "mlflow_server.sh: no python found; run 'make install' or set BERTPIPE_PYTHON" >&2
-  exit 2
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib/python.sh"
 
 die() { echo "mlflow_server.sh: $*" >&2; exit 2; }
 
@@ -55,6 +51,7 @@ while (($#)); do
     --background) background=1; shift ;;
     --pid-file) pid_file=${2:?--pid-file needs a path}; shift 2 ;;
     --wait) wait_s=${2:?--wait needs seconds}; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
     *) extra+=("$1"); shift ;;
   esac
 done

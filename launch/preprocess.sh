@@ -2,17 +2,21 @@
 # Corpus -> pre-masked WebDataset shards for one training phase (the Beam job).
 #
 #   launch/preprocess.sh --phase 1 --input 'corpus/*.txt.gz' --tokenizer tok/ --output data/
-#       phase 1: max_seq_length 128, 20 predictions per sequence -> data/seq128
-#       phase 2: max_seq_length 512, 80 predictions per sequence -> data/seq512
+#   launch/preprocess.sh --phase 2 --input 's3://bucket/corpus/*.jsonl' --tokenizer tok/ --output s3://bucket/data \
+#       --runner=DataflowRunner --project=P --region=R --temp_location=gs://bucket/tmp
 #
-# Every other option goes to `bertpipe preprocess` (see `bertpipe preprocess --help`), and options it
-# does not know go to Beam, e.g. --runner=DataflowRunner --project=P --region=R
-# --temp_location=gs://bucket/tmp. Without --runner, Beam's local runner (FnApiRunner) runs one worker
-# process per core.
-# BERTPIPE names the bertpipe executable (default: the project's .venv, else the one on PATH).
+# Options of this script:
+#   --phase 1|2     1 (default): max_seq_length 128, 20 predictions per sequence -> DIR/seq128
+#                   2: max_seq_length 512, 80 predictions per sequence -> DIR/seq512
+#   --output DIR    where the phase's dataset directory goes (local, s3://, gs://); required
+#   -h, --help      this text, then the options of `bertpipe preprocess`
+# Every other option goes to `bertpipe preprocess` (an explicit --max-seq-length etc. wins over the phase's),
+# and options it does not know go to Beam. Without --runner, Beam's local runner (FnApiRunner) runs one
+# worker process per core (at most 8).
+# Environment: BERTPIPE names the bertpipe executable (default: the project's .venv, else the one on PATH).
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$(dirname "${BASH_SOURCE[0]}")/lib/python.sh"
 bertpipe=${BERTPIPE:-$root/.venv/bin/bertpipe}
 [[ -x $bertpipe ]] || bertpipe=$(command -v bertpipe) || {
   echo "preprocess.sh: no bertpipe found; run 'make install' or set BERTPIPE" >&2
@@ -28,6 +32,10 @@ while (($#)); do
     --phase=*) phase=${1#*=}; shift ;;
     --output) output=${2:?--output needs a directory}; shift 2 ;;
     --output=*) output=${1#*=}; shift ;;
+    -h | --help)
+      usage
+      printf '\nThe options of bertpipe preprocess:\n\n'
+      exec "$bertpipe" preprocess --help ;;
     *) args+=("$1"); shift ;;
   esac
 done

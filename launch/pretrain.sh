@@ -5,8 +5,13 @@
 #   launch/pretrain.sh --phase 1 --dataset data/seq128 --output runs/large [--resume auto]
 #   launch/pretrain.sh --phase 2 --dataset data/seq512 --output runs/large-p2 --init-from runs/large
 #
-# Phase: 1 (BERT-Large, seq 128), 2 (BERT-Large, seq 512) or tiny (CPU) picks launch/configs/<phase1|phase2|tiny>;
-# --config DIR picks any other. Launcher options:
+# Options of this script:
+#   --phase 1|2|tiny      the config: 1 (BERT-Large, seq 128), 2 (BERT-Large, seq 512) or tiny (CPU), from
+#                         launch/configs/<phase1|phase2|tiny>; or
+#   --config DIR          any other config directory (train.json + deepspeed.json)
+#   --output DIR          the run directory; required
+#   -h, --help            this text, then the options of `bertpipe pretrain`
+# Launcher options:
 #   --nodes N             nodes to use from the hostfile (default: all of them)
 #   --gpus-per-node G     ranks per node (default: every GPU; on CPU, DS_ACCELERATOR=cpu, 1)
 #   --master-addr A       rank 0's address (default: the first host of the hostfile)
@@ -18,10 +23,11 @@
 #   --ssh-port P          ssh port of the other nodes (pdsh)
 #   --no-ssh-check        skip DeepSpeed's passwordless-ssh probe of the first host
 #   --print-command       print the launcher command line and exit
+#   --verbose             DeepSpeed's and the engines' INFO logs too (or BERTPIPE_VERBOSE=1)
 # HOSTFILE names the DeepSpeed hostfile (lines "host slots=G"; default launch/hostfile; see
 # launch/hostfile.example); without one the run is single-node. Inside a Slurm allocation
 # (SLURM_JOB_NODELIST set, no HOSTFILE) the hostfile is built from the allocation.
-# Everything else goes to `bertpipe pretrain` (see `bertpipe pretrain --help`).
+# Everything else goes to `bertpipe pretrain` (listed by --help).
 #
 # SIGTERM or SIGINT to this script reaches every rank: they finish the current step, write a
 # checkpoint, and the script exits 0. `--resume auto` continues from it.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -12,6 +11,30 @@ from pathlib import Path
 from typing import Any
 
 Handler = Callable[[argparse.Namespace, list[str]], int]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help line, also where the help says nothing else; descriptions and
+    epilogs keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, [], argparse.SUPPRESS) and not isinstance(
+            action,
+            argparse._StoreConstAction,  # flags: their default is the absence of the flag
+        )
+        if shown and action.option_strings and "%(default)" not in text and "default" not in text:
+            text += (" " if text else "") + "(default: %(default)s)"
+        return text
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bertpipe")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "unknown (not installed)"
 
 
 def _model_info(args: argparse.Namespace, _: list[str]) -> int:
@@ -181,20 +204,18 @@ def _export(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-def quiet_optional_cloud_warnings() -> None:
-    """Beam announces at import that its GCP extras are absent; local runs do not need them."""
-    logging.getLogger("apache_beam.io.gcp.bigquery").setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda record: not record.getMessage().startswith("apitools not found"))
-
-
 class UsageError(Exception):
     """A command line that cannot be carried out; printed without a traceback, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertpipe", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from pipeline.train_config import keys_help
+
+    parser = argparse.ArgumentParser(prog="bertpipe", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, engine logs and tracebacks (or BERTPIPE_VERBOSE=1)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model = commands.add_parser("model", help="inspect model presets and checkpoints")
@@ -207,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     train = tokenizer_commands.add_parser("train", help="learn a WordPiece vocabulary from a corpus")
     _add_input_arguments(train)
-    train.add_argument("--vocab-size", type=int, default=30522)
+    train.add_argument("--vocab-size", type=int, default=30522, help="entries, special tokens included")
     train.add_argument("--out", required=True, help="directory for vocab.txt, tokenizer.json, tokenizer_config.json")
     case = train.add_mutually_exclusive_group()
     case.add_argument("--lowercase", dest="lowercase", action="store_true", default=True, help="uncased (default)")
@@ -226,15 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_arguments(pre)
     pre.add_argument("--tokenizer", required=True, help="directory with tokenizer.json or vocab.txt")
     pre.add_argument("--output", required=True, help="dataset directory (local, gs://, s3://)")
-    pre.add_argument("--max-seq-length", type=int, default=128)
-    pre.add_argument("--max-predictions-per-seq", type=int, default=20)
-    pre.add_argument("--masked-lm-prob", type=float, default=0.15)
-    pre.add_argument("--short-seq-prob", type=float, default=0.1)
+    pre.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence, [CLS] and [SEP]s included")
+    pre.add_argument("--max-predictions-per-seq", type=int, default=20, help="most masked positions per sequence")
+    pre.add_argument(
+        "--masked-lm-prob",
+        type=float,
+        default=0.15,
+        help="share of tokens predicted (80%% [MASK], 10%% random, 10%% kept)",
+    )
+    pre.add_argument(
+        "--short-seq-prob", type=float, default=0.1, help="share of sequences given a shorter random target length"
+    )
     pre.add_argument("--dupe-factor", type=int, default=5, help="passes over the corpus with new randomness")
     pre.add_argument("--language", default="en", help="language code for sentence segmentation (sentencex)")
     pre.add_argument("--whole-word-mask", action="store_true", help="mask a word and its ## pieces together")
     pre.add_argument("--validation-fraction", type=float, default=0.01, help="share of documents held out")
-    pre.add_argument("--seed", type=int, default=12345)
+    pre.add_argument("--seed", type=int, default=12345, help="pairing, masking and the validation split")
     pre.add_argument("--bucket-mb", type=float, default=2.0, help="input per bucket that random B segments come from")
     pre.add_argument("--shard-mb", type=float, default=64.0, help="target shard size")
     pre.add_argument("--overwrite", action="store_true", help="replace a different dataset in --output")
@@ -245,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrain BERT on a preprocessed dataset with DeepSpeed (one process per rank)",
         description="Run under the deepspeed launcher (launch/pretrain.sh) for several ranks or nodes; "
         "started directly it is a single-rank run.",
+        epilog="train.json keys (--set KEY=VALUE; values are JSON where they parse as JSON):\n" + keys_help(),
     )
     train.add_argument("--config", required=True, help="config directory (train.json + deepspeed.json) or train.json")
     train.add_argument("--dataset", required=True, help="dataset directory written by `bertpipe preprocess`")
@@ -257,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--init-from", help="start from these weights (model directory or a run's checkpoints)")
     train.add_argument("--deepspeed-config", help="DeepSpeed JSON to use instead of the config directory's")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train.json field")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a train.json key (listed below)"
+    )
     train.add_argument("--skip-bad-shards", action="store_true", help="skip and count unreadable shards")
     train.add_argument(
         "--tracking-uri",
@@ -288,7 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri", help="default MLFLOW_TRACKING_URI, else the run's sqlite:///<output>/mlflow.db"
     )
     register.set_defaults(handler=_register)
+    for command in subcommand_parsers(parser):
+        command.formatter_class = HelpFormatter
     return parser
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below `parser` (subcommands and their actions), depth first."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += [child, *subcommand_parsers(child)]
+    return found
 
 
 def _add_finetune_parser(commands: Any) -> None:
@@ -300,7 +343,9 @@ def _add_finetune_parser(commands: Any) -> None:
         "validation predictions (with --test, the test predictions and metrics too) and metrics.jsonl, and "
         "registers the model as <base>-<task>.",
     )
-    tune.add_argument("task", choices=["classify", "ner", "qa"])
+    tune.add_argument(
+        "task", choices=["classify", "ner", "qa"], help="sequence classification, token classification or extractive QA"
+    )
     tune.add_argument(
         "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a model dir or a checkpoint"
     )
@@ -315,13 +360,15 @@ def _add_finetune_parser(commands: Any) -> None:
         "test_* metrics and test_predictions.* file are recorded beside the validation ones",
     )
     tune.add_argument("--output", required=True, help="run directory")
-    tune.add_argument("--epochs", type=int, default=3)
+    tune.add_argument(
+        "--epochs", type=int, default=3, help="passes over --train; the best epoch on --validation is kept"
+    )
     tune.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5)")
     tune.add_argument("--batch-size", type=int, help="global batch size (default 32)")
     tune.add_argument("--warmup-proportion", type=float, default=0.1, help="share of the steps spent warming up")
-    tune.add_argument("--weight-decay", type=float, default=0.01)
+    tune.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     tune.add_argument("--max-seq-length", type=int, default=128, help="longer inputs are truncated (QA: windowed)")
-    tune.add_argument("--seed", type=int, default=42)
+    tune.add_argument("--seed", type=int, default=42, help="head initialisation, dropout and batch order")
     tune.add_argument("--from-scratch", action="store_true", help="random weights in the model's architecture")
     tune.add_argument("--tokenizer", help="tokenizer directory; default: the model's")
     tune.add_argument("--deepspeed-config", help="DeepSpeed JSON to use instead of the built-in one")
@@ -333,9 +380,9 @@ def _add_finetune_parser(commands: Any) -> None:
     tune.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
     tune.add_argument("--log-every", type=int, default=10, help="steps between training-loss records")
     data = tune.add_argument_group("classification")
-    data.add_argument("--text-column", default="text")
+    data.add_argument("--text-column", default="text", help="column (CSV/TSV) or field (JSON Lines) with the text")
     data.add_argument("--text-pair-column", help="second text of sentence pairs (segment B)")
-    data.add_argument("--label-column", default="label")
+    data.add_argument("--label-column", default="label", help="column or field with the label")
     data.add_argument(
         "--truncation",
         choices=["head", "tail", "head+tail"],  # classification_data.TRUNCATIONS, spelled out to import nothing
@@ -373,11 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "beam_passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    quiet_optional_cloud_warnings()
+    from pipeline import logs
+
+    logs.configure(args.verbose)
+    args.verbose = logs.verbose_requested(args.verbose)
     handler: Handler = args.handler
     try:
         return handler(args, extra)

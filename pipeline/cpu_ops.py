@@ -8,6 +8,8 @@ A later build finds it in the torch extensions cache and returns at once.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 
 def build_shared_memory_op() -> bool:
@@ -19,6 +21,14 @@ def build_shared_memory_op() -> bool:
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
         return False
+    from torch.utils.cpp_extension import _get_build_directory
+
+    if not (Path(_get_build_directory(builder.name, verbose=False)) / f"{builder.name}.so").exists():
+        print(
+            "building DeepSpeed's CPU communication op (once per machine; a minute or more on a small one)",
+            file=sys.stderr,
+            flush=True,
+        )
     builder.load(verbose=False)
     return True
 

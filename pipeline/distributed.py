@@ -4,12 +4,16 @@ when no launcher set the rank variables."""
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -29,7 +33,11 @@ def init_distributed() -> tuple[int, int, bool]:
     on_gpu = get_accelerator().device_name() == "cuda"
     if on_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    deepspeed.init_distributed(dist_backend=None if on_gpu else "gloo", auto_mpi_discovery=False)
+    printed = io.StringIO()  # on CPU each rank prints that DeepSpeed's communication op loaded: debug log only
+    with contextlib.redirect_stdout(printed):
+        deepspeed.init_distributed(dist_backend=None if on_gpu else "gloo", auto_mpi_discovery=False)
+    if printed.getvalue().strip():
+        log.debug("%s", printed.getvalue().strip())
     if not on_gpu and dist.get_world_size() > 1:
         dist.barrier()  # every rank has mapped its peers' segments: the names are no longer needed
         unlink_cpu_allreduce_segment(dist.get_rank())

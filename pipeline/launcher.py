@@ -13,6 +13,7 @@ then replaces itself with the job (`bertpipe pretrain` or `bertpipe finetune TAS
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shlex
@@ -58,6 +59,7 @@ class LaunchOptions:
     ssh_port: int | None = None
     no_ssh_check: bool = False  # skip DeepSpeed's `ssh HOST hostname` probe (it reads only ~/.ssh/config)
     print_command: bool = False
+    verbose: bool = False  # DeepSpeed's launcher logs at INFO, the job's engines too (BERTPIPE_VERBOSE=1)
 
 
 # The launcher's options: name -> (field, type; None for a flag).
@@ -72,6 +74,7 @@ OPTIONS: dict[str, tuple[str, type | None]] = {
     "--ssh-port": ("ssh_port", int),
     "--no-ssh-check": ("no_ssh_check", None),
     "--print-command": ("print_command", None),
+    "--verbose": ("verbose", None),
 }
 
 
@@ -302,7 +305,18 @@ def launcher_command(
         command += ["--ssh_port", str(options.ssh_port)]
     if options.no_ssh_check:
         command += ["--no_ssh_check"]
+    command += ["--log_level", "info" if options.verbose else "warning"]
     return [*command, "--no_python", "--no_local_rank", str(script), *job.script_arguments]
+
+
+def ranks_text(hosts: list[str], options: LaunchOptions) -> str:
+    """`2 ranks on this machine`, `8 ranks per node on 2 nodes (a, b)`: what the launcher is about to start."""
+    per_node = f"{options.gpus_per_node} ranks" if options.gpus_per_node else "a rank per GPU"
+    used = used_hosts(hosts, options)
+    if len(used) <= 1 or options.no_ssh:
+        where = "on this node" if options.no_ssh else "on this machine"
+        return f"{per_node} {where}"
+    return f"{per_node} per node on {len(used)} nodes ({', '.join(used)})"
 
 
 def run_state(status_file: Path | None) -> str | None:
@@ -380,6 +394,27 @@ def group_alive(group: int) -> bool:
     return True
 
 
+def script_usage(script: Path) -> str:
+    """The script's header comment without its comment marks: the one place its usage is written."""
+    lines = []
+    for line in script.read_text().splitlines()[1:]:
+        if line.startswith("set -euo pipefail"):
+            break
+        if line.startswith("#"):
+            lines.append(line[2:] if line.startswith("# ") else line[1:])
+    return "\n".join(lines)
+
+
+def job_help(kind: str) -> str:
+    """`bertpipe pretrain --help` or `bertpipe finetune --help`, as text (nothing is started)."""
+    from pipeline.cli import build_parser
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
+        build_parser().parse_args([kind, "--help"])
+    return buffer.getvalue()
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -387,6 +422,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"usage: python -m pipeline.launcher {{{','.join(JOBS)}}} ARGS", file=sys.stderr)
         return 2
     kind, script = argv[0], LAUNCH / f"{argv[0]}.sh"
+    if {"-h", "--help"} & set(argv[1:]):
+        print(script_usage(script))
+        print(
+            f"\nThe options of bertpipe {kind} (--config is set by --phase):\n"
+            if kind == "pretrain"
+            else f"\nThe options of bertpipe {kind}:\n"
+        )
+        print(job_help(kind), end="")
+        return 0
     try:
         options, arguments = split_arguments(argv[1:], env)
         job = JOBS[kind](arguments)
@@ -411,6 +455,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 0
     if single and hostfile is None:
         os.execv(command[0], command)
+    if options.verbose:
+        env["BERTPIPE_VERBOSE"] = "1"
     if hostfile is not None and job.output is not None:
         env["DS_ENV_FILE"] = str(write_environment_file(job.output, env))
     if env.get("DS_ACCELERATOR") == "cpu":
@@ -418,7 +464,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         built = subprocess.run([python, "-m", "pipeline.cpu_ops"], env=env)
         if built.returncode:
             return 1
-    print(f"{script.name}: {shlex.join(command)}", file=sys.stderr)
+    print(f"{script.name}: starting {ranks_text(hosts, options)}: {shlex.join(command)}", file=sys.stderr, flush=True)
     remote_stop = None
     if job.output is not None and over_ssh(hosts, options):
         env = pdsh_environment(env, options)

@@ -1,5 +1,5 @@
-"""What rank 0 reports while training: the metrics file (JSON Lines) and the progress bar, plus the
-per-rank batch fingerprints that prove a resumed run saw the batches an uninterrupted one would."""
+"""What rank 0 reports while training: the metrics file (JSON Lines) and the progress (a bar, or lines in a log
+file), plus the per-rank batch fingerprints that prove a resumed run saw the batches an uninterrupted one would."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -104,10 +105,49 @@ class Throughput:
         return result
 
 
-def progress_bar(total: int, initial: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+def progress_bar(total: int, initial: int, enabled: bool, stream: Any = None) -> Any:
+    """A bar on a terminal; where the output goes to a file, one progress line per interval instead (a bar
+    there would be one line of carriage returns)."""
+    stream = stream if stream is not None else sys.stderr
+    if not enabled or stream.isatty():
+        from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=1.0)
+        return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=1.0)
+    return ProgressLines(total, initial, stream)
+
+
+class ProgressLines:
+    """The progress bar's interface (update, set_postfix, close) as a plain line every `interval_s` seconds and
+    at the end: `step 500/2000 (25%), 2.1 steps/s, 12:05 left; loss=5.678 lr=1.61e-03 ...`."""
+
+    def __init__(self, total: int, initial: int, stream: Any, interval_s: float = 60.0) -> None:
+        self.total, self.step, self.stream, self.interval_s = total, initial, stream, interval_s
+        self.start_step, self.start = initial, time.monotonic()
+        self.last_shown = self.start
+        self.shown_step = initial
+        self.postfix: dict[str, str] = {}
+
+    def update(self, steps: int = 1) -> None:
+        self.step += steps
+        now = time.monotonic()
+        if now - self.last_shown >= self.interval_s or self.step >= self.total:
+            self.show(now)
+
+    def set_postfix(self, postfix: dict[str, str], refresh: bool = False) -> None:
+        self.postfix = dict(postfix)
+
+    def show(self, now: float) -> None:
+        rate = (self.step - self.start_step) / max(now - self.start, 1e-9)
+        left = (self.total - self.step) / rate if rate > 0 else float("inf")
+        eta = "?" if math.isinf(left) else f"{int(left) // 60}:{int(left) % 60:02d}"
+        details = " ".join(f"{name}={value}" for name, value in self.postfix.items())
+        line = f"step {self.step}/{self.total} ({self.step / max(self.total, 1):.0%}), {rate:.2f} steps/s, {eta} left"
+        print(line + (f"; {details}" if details else ""), file=self.stream, flush=True)
+        self.last_shown, self.shown_step = now, self.step
+
+    def close(self) -> None:
+        if self.step != self.shown_step:
+            self.show(time.monotonic())
 
 
 def postfix(record: dict[str, Any]) -> dict[str, str]:

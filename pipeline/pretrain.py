@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from pipeline.dataset_check import check_against_model, load_manifest
 from pipeline.distributed import init_distributed, node_count
 from pipeline.evaluate import evaluate, unigram_log_probs
 from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_batches, resume_state, target_counts
+from pipeline.logs import announce
 from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
 from pipeline.model_source import resolve_model
 from pipeline.schedule import Schedule
@@ -133,6 +135,7 @@ class Trainer:
         self.validation_spec = SplitSpec.from_manifest(request.dataset, self.manifest, "validation")
         self.manifest_sha256 = self.manifest.sha256
         self.resume_tag = check_output(self.output, request.resume)
+        announce(f"joining the other ranks ({os.environ.get('WORLD_SIZE', '1')} in all)")
         self.rank, self.world_size, self.on_gpu = init_distributed()
         self.ds_config, self.optimizer_spec, self.batch_sizes = deepspeed_config.prepare(
             self.config.deepspeed, self.world_size, self.on_gpu
@@ -140,6 +143,7 @@ class Trainer:
         self.nodes = node_count(self.world_size)
         special = self.manifest.tokenizer.special_token_ids
         self.mask_id = int(special["[MASK]"])
+        announce(f"counting the training targets of up to {UNIGRAM_SAMPLES:,} samples (the unigram baseline)")
         counts = target_counts(
             self.train_spec,
             self.model_config.vocab_size,
@@ -156,9 +160,12 @@ class Trainer:
     # -- building -------------------------------------------------------------------------------------
 
     def build_engine(self) -> None:
-
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         model = BertForPreTraining(self.model_config)
+        announce(
+            f"building the model ({model.num_parameters():,} parameters) and DeepSpeed's engine "
+            f"(ZeRO stage {self.ds_config.get('zero_optimization', {}).get('stage', 0)}, {self.world_size} ranks)"
+        )
         if self.train.attention_init == "local":
             init_local_attention(model.bert)
         if self.train.mlm_bias_init == "unigram":
@@ -194,6 +201,7 @@ class Trainer:
         )
         slots = max(1, train.loader_workers)
         state = resume_state(saved_data_state, self.world_size, slots)
+        announce(f"starting the data loader ({train.loader_workers} worker processes per rank)")
         self.batches = TrainBatches(self.train_spec, options, self.rank, state, train.loader_workers, self.on_gpu)
         eval_samples = train.eval_samples or None
         self.eval_batches = evaluation_batches(
@@ -209,6 +217,7 @@ class Trainer:
         """Load the checkpoint to resume from; returns the data position saved with it."""
         if self.resume_tag is None:
             return None
+        announce(f"loading checkpoint {self.resume_tag}")
         client_state, rank_state = checkpointing.load(self.engine, self.output / CHECKPOINTS, self.resume_tag)
         # Restored only once the data loader is built (`run`): starting its iterator draws from torch's
         # generator, which the interrupted run had done before its first step, not at the checkpoint.
@@ -244,6 +253,7 @@ class Trainer:
             self._write_run_config()
             self._start_tracking(step)
         stop = StopRequest()
+        announce(f"training from step {step} to {self.train.train_steps}")
         bar = progress_bar(self.train.train_steps, step, enabled=is_main)
         outcome = 1
         try:
@@ -407,6 +417,8 @@ class Trainer:
         """Evaluate on every rank (the result is all-reduced); True when the MLM loss is the run's best yet."""
         if not self.eval_batches:
             return False
+        samples = self.validation_spec.samples
+        announce(f"step {step}: evaluating on {min(samples, self.train.eval_samples or samples):,} validation samples")
         result = evaluate(self.engine, self.eval_batches, self.engine.device, self.mask_id, self.unigram)
         improved = result.mlm_loss < self.best_eval_loss
         self.best_eval_loss = min(self.best_eval_loss, result.mlm_loss)
@@ -465,6 +477,7 @@ class Trainer:
         if self.resume_tag is not None:
             tags["resumed_at_step"] = step
         uri, experiment = self.request.tracking_uri, self.train.experiment
+        announce(f"opening the MLflow run (experiment {experiment!r})")
         self.tracker = open_run(self.output, uri, experiment, self.run_id, tags, self._params())
 
     def _params(self) -> dict[str, Any]:
@@ -505,6 +518,7 @@ class Trainer:
             return f"not registered (MLflow unavailable); {later}"
         from pipeline.registry import register_checkpoint
 
+        announce(f"step {step}: exporting and registering the checkpoint")
         try:
             registration = register_checkpoint(
                 self.output, self.tracker.uri, tag=checkpointing.tag_for(step), run_id=run_id, phase=self.train.phase

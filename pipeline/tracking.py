@@ -101,6 +101,12 @@ def _is_transient(error: BaseException) -> bool:
     return True
 
 
+# MLflow 3's UI shows an experiment of this kind as a table of training runs (its default for a new experiment
+# is the GenAI view, where these runs sit under "Evaluation runs").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
 class TrackingOff(Exception):
     """A refusal that retrying cannot fix (deleted experiment, bad credentials): tracking stops for the run."""
 
@@ -439,7 +445,9 @@ class RunTracker:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return client.create_experiment(name, artifact_location=self.artifact_location)
+                return client.create_experiment(
+                    name, artifact_location=self.artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+                )
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":  # another process created it meanwhile
                     raise

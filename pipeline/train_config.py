@@ -28,17 +28,17 @@ class TrainConfig:
     model: str = "tiny"  # a preset (tiny, mini, base, large) or a Hugging Face style model directory
     model_overrides: dict[str, Any] = field(default_factory=dict)  # BertConfig fields on top of `model`
     train_steps: int = 100  # optimizer steps
-    warmup_steps: int | None = None
+    warmup_steps: int | None = None  # steps of linear warmup; give this or warmup_proportion
     warmup_proportion: float | None = None  # of train_steps; give this or warmup_steps
     lr_decay: str = "linear"  # linear | polynomial | constant
-    lr_decay_power: float = 1.0
-    lr_end_ratio: float = 0.0
+    lr_decay_power: float = 1.0  # exponent of the polynomial decay
+    lr_end_ratio: float = 0.0  # the last step's learning rate as a share of the peak
     eval_every: int = 0  # steps; 0: only at the end
     eval_samples: int = 10_000  # first N validation samples (0: all)
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end and on SIGTERM/SIGINT
-    keep_checkpoints: int = 3
-    log_every: int = 10  # steps between metrics lines (the progress bar updates every step)
-    seed: int = 12345
+    keep_checkpoints: int = 3  # newest checkpoints kept; older ones are deleted
+    log_every: int = 10  # steps between metrics lines (the progress line too)
+    seed: int = 12345  # weights, dropout and the order of the shards
     loader_workers: int = 2  # DataLoader worker processes per rank; 0 reads in the training process
     shuffle_window_shards: int = 2  # shards shuffled together by one loader worker (held in memory)
     # "unigram": the MLM output bias starts at the log-frequencies of the training targets (see
@@ -122,6 +122,31 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             overrides[key] = raw
     return overrides
+
+
+def keys_help() -> str:
+    """The `train.json` keys (what `--set KEY=VALUE` takes), each with its default and its comment from the
+    class above: the help text and the code cannot disagree."""
+    import inspect
+    import re
+
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(TrainConfig).splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# "))
+            continue
+        declared = re.match(r"(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", stripped)
+        if declared:
+            comments[declared.group(1)] = " ".join([*pending, declared.group(2) or ""]).strip()
+        pending = []
+    lines = []
+    for item in dataclasses.fields(TrainConfig):
+        default = item.default_factory() if item.default is dataclasses.MISSING else item.default
+        described = f": {comments[item.name]}" if comments.get(item.name) else ""
+        lines.append(f"  {item.name} = {json.dumps(default)}{described}")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ consolidated to fp32 whatever ZeRO stage and world size wrote it."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -59,7 +61,12 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
         return {name: tensor.float() for name, tensor in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    # It prints each step of its work and a progress bar; those lines go to the debug log instead.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    log.debug("%s", printed.getvalue().strip())
+    return weights
 
 
 def load_initial_weights(model: torch.nn.Module, source: str | Path) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -451,6 +453,24 @@ def build_pipeline(pipeline: beam.Pipeline, job: Job, shuffle_documents: bool) -
     )
 
 
+def local_multiprocess_runner(options: PipelineOptions) -> Any:
+    """For the local FnApiRunner in multi-process mode: the same runner with its worker processes started through
+    `preprocessing.beam_worker`, whose logs follow the job's; None (Beam's choice from the options) otherwise."""
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    direct = options.view_as(DirectOptions)
+    runner = str(options.get_all_options().get("runner") or "")
+    if runner.rsplit(".", 1)[-1] != "FnApiRunner" or direct.direct_running_mode != "multi_processing":
+        return None
+    command = f"{shlex.quote(sys.executable)} -m preprocessing.beam_worker"
+    # The environment given here is what makes the runner multi-process; "multi_processing" would replace it
+    # with Beam's own worker command, so the mode is set back to the one that keeps the given environment.
+    direct.direct_running_mode = "in_memory"
+    return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
+
+
 def run_pipeline(job: Job, beam_args: list[str], shuffle_documents: bool | None = None) -> dict[str, int]:
     """Run to completion; return the Beam metric counters the runner reports.
 
@@ -462,7 +482,7 @@ def run_pipeline(job: Job, beam_args: list[str], shuffle_documents: bool | None 
     if shuffle_documents is None:
         runner = str(options.get_all_options().get("runner") or "DirectRunner")
         shuffle_documents = runner.rsplit(".", 1)[-1] not in LOCAL_RUNNERS
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(runner=local_multiprocess_runner(options), options=options)
     build_pipeline(pipeline, job, shuffle_documents)
     result = pipeline.run()
     result.wait_until_finish()

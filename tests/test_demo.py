@@ -23,7 +23,15 @@ from pipeline.demo.__main__ import main as demo_main
 from pipeline.demo.downstream import percent, plan_runs, subset_size
 from pipeline.demo.layout import CLASSIFY_TRAIN, SIZES, DemoLayout
 from pipeline.demo.layout import ROOT as ROOT_DIR
-from pipeline.demo.steps import Step, StepFailed, progress_line, run_step, step_environment
+from pipeline.demo.steps import (
+    Step,
+    StepFailed,
+    StepProgress,
+    evaluation_lines,
+    progress_line,
+    run_step,
+    step_environment,
+)
 
 SMALL = SIZES["small"]
 RUNS = plan_runs(SMALL.finetune_fractions, SMALL.finetune_seeds)
@@ -158,10 +166,10 @@ def test_small_demo_writes_every_artefact_and_a_report_that_matches_them(small_d
     assert (registered["arm"], registered["fraction"], registered["seed"]) == ("pretrained", 1.0, 0)
     assert registered["registered"].startswith(f"models:/bert-demo-classify/{classifier.version}")
 
-    # The PNG: a real image of the size the report draws (15 x 4.5 inches at 100 dpi).
+    # The PNG: a real image of the size the report draws (20 x 4.5 inches at 100 dpi).
     png = layout.loss_curves.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
-    assert struct.unpack(">II", png[16:24]) == (1500, 450)
+    assert struct.unpack(">II", png[16:24]) == (2000, 450)
 
 
 @pytest.mark.slow
@@ -234,7 +242,7 @@ def test_a_failing_step_names_itself_and_shows_its_log(tmp_path):
     assert "what went wrong" in str(error.value) and str(layout.logs / "broken.log") in str(error.value)
 
 
-def test_progress_line_shows_the_latest_step_and_evaluation(tmp_path):
+def test_progress_shows_the_latest_step_and_each_evaluation_once(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     assert progress_line(metrics, 100) is None  # not written yet
     records = [
@@ -243,9 +251,9 @@ def test_progress_line_shows_the_latest_step_and_evaluation(tmp_path):
         {"step": 20, "eval_mlm_loss": 6.0, "eval_mlm_accuracy": 0.125, "eval_masked_tokens": 9},
     ]
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert (
-        progress_line(metrics, 100) == "step 20/100, loss 6.250; held out (step 20): mlm loss 6.000, mlm accuracy 0.125"
-    )
+    assert progress_line(metrics, 100) == "step 20/100, loss 6.250"
+    assert evaluation_lines(metrics, 0) == ["held out (step 20): mlm loss 6.000, mlm accuracy 0.125"]
+    assert evaluation_lines(metrics, 1) == []  # each evaluation is shown once
 
 
 def test_progress_line_shows_a_pretraining_evaluation_against_its_baselines(tmp_path):
@@ -264,10 +272,39 @@ def test_progress_line_shows_a_pretraining_evaluation_against_its_baselines(tmp_
         },
     ]
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert progress_line(metrics, 12) == (
-        "step 6/12, loss 7.500; held out (step 6): [MASK] loss 7.250 (unigram guess 7.500, gain 0.250 nats), "
+    assert evaluation_lines(metrics, 0) == [
+        "held out (step 6): [MASK] loss 7.250 (unigram guess 7.500, gain 0.250 nats), "
         "[MASK] accuracy 0.125, NSP accuracy 0.500 (majority 0.625)"
+    ]
+
+
+def test_a_running_step_shows_its_announcements_progress_and_evaluations_each_once(tmp_path):
+    log, metrics = tmp_path / "step.log", tmp_path / "metrics.jsonl"
+    progress = StepProgress(log, metrics, total_steps=100, interval_s=20.0)
+    assert progress.new_lines(0.0) == []  # nothing written yet
+    log.write_text(
+        "pretrain.sh: starting 2 ranks on this machine: python -m deepspeed.launcher.runner --num_gpus 2\n"
+        "building DeepSpeed's CPU communication op (once per machine)\n"
+        "2026-01-01 10:00:00,000 INFO pipeline.phase: building the model (1,000 parameters)\n"
+        "2026-01-01 10:00:00,500 INFO pipeline.tracking: MLflow run abc at sqlite:///x\n"
+        "[2026-01-01 10:00:01] [WARNING] [runner.py:214:fetch_hostfile] Unable to find hostfile\n"
+        "2026-01-01 10:00:02,000 INFO pipeline.phase: training from step 0"  # not finished: not shown yet
     )
+    assert progress.new_lines(1.0) == [
+        "pretrain.sh: starting 2 ranks on this machine",
+        "building DeepSpeed's CPU communication op (once per machine)",
+        "building the model (1,000 parameters)",
+    ]
+    with log.open("a") as handle:
+        handle.write(" to 100\n")
+    metrics.write_text(json.dumps({"step": 10, "loss": 7.5}) + "\n")
+    assert progress.new_lines(2.0) == ["training from step 0 to 100", "step 10/100, loss 7.500"]
+    with metrics.open("a") as handle:
+        handle.write(json.dumps({"step": 20, "loss": 7.0}) + "\n")
+        handle.write(json.dumps({"step": 20, "eval_mlm_loss": 6.5, "eval_mlm_accuracy": 0.25}) + "\n")
+    assert progress.new_lines(3.0) == ["held out (step 20): mlm loss 6.500, mlm accuracy 0.250"]  # within 20 s
+    assert progress.new_lines(30.0) == ["step 20/100, loss 7.000"]
+    assert progress.new_lines(60.0) == []  # nothing new
 
 
 @pytest.mark.parametrize("flag", ["--pretrain-steps", "--finetune-epochs", "--finetune-seeds"])

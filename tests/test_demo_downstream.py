@@ -30,7 +30,7 @@ from pipeline.demo.downstream import (
     verdict,
 )
 from pipeline.demo.layout import CLASSIFY_TRAIN, CORPUS, SIZES, DemoLayout, DemoSize
-from pipeline.demo.report import comparison_figures, plot_loss_curves, summary_table
+from pipeline.demo.report import comparison_figures, mlflow_pages, plot_loss_curves, summary_table, trend_limits
 from pipeline.demo.steps import demo_steps, held_out_figures, training_examples, write_task_files
 
 LABELS = ["a"] * 240 + ["b"] * 240
@@ -346,6 +346,10 @@ def synthetic_summary(layout: DemoLayout, table: dict[float, list[tuple[float, f
             )
         },
         "mlflow_ui": "mlflow ui --backend-store-uri sqlite:///x --port 5000",
+        "mlflow_pages": {
+            "pretraining runs": "http://127.0.0.1:5000/#/experiments/1/runs",
+            "registered model bert-demo": "http://127.0.0.1:5000/#/models/bert-demo",
+        },
         "timings_s": {
             "vocabulary": 2.0,
             "preprocess": 5.0,
@@ -355,7 +359,7 @@ def synthetic_summary(layout: DemoLayout, table: dict[float, list[tuple[float, f
     }
 
 
-def test_the_report_shows_the_figures_of_summary_json_and_draws_three_panels(tmp_path):
+def test_the_report_shows_the_figures_of_summary_json_and_draws_four_panels(tmp_path):
     layout = DemoLayout(tmp_path)
     table = {
         0.1: [(0.70, 0.50), (0.72, 0.55), (0.69, 0.52)],
@@ -384,13 +388,15 @@ def test_the_report_shows_the_figures_of_summary_json_and_draws_three_panels(tmp
     assert "| majority class | 0.500 | 0.500 | |" in lines
     times = "Step times: vocabulary 2 s, preprocess 5 s, pretrain 5 min 37 s, 18 fine-tuning runs 5 min 33 s"
     assert times + " (10 s-27 s each); in all 11 min 17 s." in text
+    assert "- pretraining runs: http://127.0.0.1:5000/#/experiments/1/runs" in lines
+    assert "- registered model bert-demo: http://127.0.0.1:5000/#/models/bert-demo" in lines
 
     layout.pretrain.mkdir(parents=True)
     records = [{"step": s, "loss": 7.0 - s / 300, "mlm_loss": 6.5 - s / 300, "nsp_loss": 0.69} for s in (100, 300)]
     records.append({**HELD_OUT, "step": 300})
     (layout.pretrain / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     png = plot_loss_curves(layout, summary).read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (1500, 450)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (2000, 450)
 
 
 def test_the_report_with_one_seed_shows_no_spread(tmp_path):
@@ -399,3 +405,28 @@ def test_the_report_with_one_seed_shows_no_spread(tmp_path):
     row = next(line for line in lines if line.startswith("| 100% (384) |"))
     assert row == "| 100% (384) | 0.800 | 0.700 | +10.0 |"
     assert any("one seed" in line for line in lines)
+
+
+def test_the_loss_axis_shows_the_trend_and_lets_the_initial_fall_run_off():
+    training = [9.0] + [6.0 - i / 100 for i in range(99)]  # a steep first record, then a slow fall
+    low, high = trend_limits(training, [5.5, 6.2])
+    assert (low, high) == pytest.approx((5.02 - 0.059, 6.2 + 0.059))  # range 1.18, 5% margins; 9.0 left out
+    assert trend_limits([], []) == (0.0, 1.0)
+    assert trend_limits([4.0], [4.0]) == (3.5, 4.5)  # a flat line still gets an axis
+
+
+def test_the_report_links_the_mlflow_pages_of_the_runs_and_models(tmp_path):
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, RunTracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = RunTracker(uri, artifact_location=str(tmp_path / "artifacts"), system_metrics_interval_s=None)
+    assert tracker.start("bert-pretraining", None, "run", {}, wait_s=30.0)
+    tracker.finish("FINISHED")
+    experiment = MlflowClient(uri).get_experiment_by_name("bert-pretraining")
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING  # MLflow's UI shows it as training runs
+    pages = mlflow_pages(uri, "http://host:5000")
+    assert pages["pretraining runs"] == f"http://host:5000/#/experiments/{experiment.experiment_id}/runs"
+    assert "fine-tuning runs" not in pages  # no such experiment in this store
+    assert pages["registered model bert-demo"] == "http://host:5000/#/models/bert-demo"

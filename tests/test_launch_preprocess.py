@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,39 @@ def test_tokenizer_training_refuses_parquet(tmp_path):
     )
     assert result.returncode == 2
     assert "train the tokenizer on text or JSON Lines" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_local_runners_log_holds_the_jobs_own_lines_only(tmp_path, small_corpus, tokenizer_dir):
+    """The default runner (FnApiRunner, a worker process per core): its workers' start-up chatter, each line
+    relayed a second time as a protobuf dump, Beam's type-hint notes and the GCP-extras warning stay out of the
+    log unless BERTPIPE_VERBOSE=1; the shards are those of the in-process runner."""
+    job = (
+        BERTPIPE,
+        "preprocess",
+        "--input",
+        str(small_corpus),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--dupe-factor",
+        "1",
+    )
+    quiet = run(*job, "--output", str(tmp_path / "quiet"))
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stderr.splitlines()
+    own = re.compile(r"^\S+ \S+ INFO (preprocessing|pipeline|model)[.\w]*: ")
+    assert lines and all(own.match(line) for line in lines), quiet.stderr
+    assert "random-next share" in quiet.stdout
+
+    verbose = run(*job, "--output", str(tmp_path / "verbose"), BERTPIPE_VERBOSE="1")
+    assert verbose.returncode == 0, verbose.stderr
+    # What the quiet log left out: the workers did run (as preprocessing.beam_worker) and did talk.
+    for noise in ["Python sdk harness starting", "severity: INFO", "Converting string literal type hint"]:
+        assert noise in verbose.stderr and noise not in quiet.stderr
+
+    in_process = run(*job, "--output", str(tmp_path / "in-process"), *IN_PROCESS)
+    assert in_process.returncode == 0, in_process.stderr
+    names = sorted(p.name for p in (tmp_path / "quiet").iterdir())
+    assert "train-000000.tar" in names and names == sorted(p.name for p in (tmp_path / "in-process").iterdir())
+    for name in names:
+        assert (tmp_path / "quiet" / name).read_bytes() == (tmp_path / "in-process" / name).read_bytes(), name

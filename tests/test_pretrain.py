@@ -84,6 +84,32 @@ def test_two_ranks_zero2_loss_falls_and_checkpoints_appear(reference_run):
     assert config["world_size"] == 2 and config["deepspeed"]["zero_optimization"]["stage"] == 2
 
 
+def test_the_launch_log_announces_each_phase_before_it_begins_and_holds_no_engine_noise(reference_run):
+    log = reference_run.with_suffix(".log").read_text()
+    # (what is announced, what shows that the phase then happened), in the order a run goes through them
+    phases = [
+        ("pretrain.sh: starting 2 ranks on this machine", "joining the other ranks (2 in all)"),
+        ("counting the training targets", "building the model"),
+        ("building the model", "starting the data loader"),
+        ("opening the MLflow run", "MLflow: run"),
+        ("training from step 0 to 30", "step 10: evaluating"),
+        ("step 10: evaluating on", "step 10 evaluation: at [MASK] loss"),
+        ("step 30: exporting and registering the checkpoint", "registered bert-tiny version 1"),
+    ]
+    positions = []
+    for announced, happened in phases:
+        assert log.count(announced) == 1, announced  # said once, by rank 0
+        assert log.index(announced) < log.index(happened), (announced, happened)
+        positions.append(log.index(announced))
+    assert positions == sorted(positions)
+    assert "step 30/30 (100%)" in log  # the progress as a line: the log is a file, not a terminal
+    noise = ["\r", "all_gather_into_tensor", "[INFO] [launch.py", "Downloading artifacts", "Add type hints"]
+    noise += ["Processing zero checkpoint", "Loading checkpoint shards", "UserWarning", "FutureWarning"]
+    noise += ["built successfully", "mlflow.store.db.utils"]
+    for text in noise:
+        assert text not in log, text
+
+
 def test_sigkill_of_one_rank_then_resume_sees_the_same_batches(reference_run, pretraining_dataset, tmp_path):
     output = tmp_path / "run"
     launcher = start_launcher(pretraining_dataset, output, *RUN)

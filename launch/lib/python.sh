@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the launch scripts: $root (the checkout) and $python (BERTPIPE_PYTHON, else the project's .venv,
-# else python3 on PATH), or exit 2 saying what to do.
+# else python3 on PATH), or exit 2 saying what to do; and `usage`, which prints the calling script's header
+# comment (its one description, read by --help).
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 python=${BERTPIPE_PYTHON:-$root/.venv/bin/python}
 if [[ ! -x $python ]]; then
@@ -9,3 +10,5 @@ if [[ ! -x $python ]]; then
     exit 2
   }
 fi
+
+usage() { sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"; }

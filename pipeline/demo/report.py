@@ -36,6 +36,10 @@ from pipeline.metrics import read_json_lines
 from pipeline.registry import CHAMPION, TAG_PREFIX
 
 TASK = "classify: tutorial or c-api paragraph"
+# The demo's runs go to the default experiments of pretraining (train.json) and fine-tuning.
+PRETRAINING_EXPERIMENT = "bert-pretraining"
+FINETUNING_EXPERIMENT = "bert-finetuning"
+MLFLOW_UI = "http://127.0.0.1:5000"
 ARM_TITLES = {"pretrained": "from the pretrained model", "scratch": "from random weights"}
 
 
@@ -130,6 +134,7 @@ def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, 
             "logs": str(layout.logs),
         },
         "mlflow_ui": mlflow_ui_command(layout),
+        "mlflow_pages": mlflow_pages(layout.tracking_uri, MLFLOW_UI),
         "timings_s": timings,
     }
 
@@ -174,7 +179,23 @@ def epoch_accuracies(metrics: Path) -> list[float]:
 def mlflow_ui_command(layout: DemoLayout) -> str:
     mlflow = Path(sys.executable).parent / "mlflow"
     executable = str(mlflow) if mlflow.is_file() else "mlflow"
-    return f"{executable} ui --backend-store-uri {layout.tracking_uri} --port 5000"
+    return f"{executable} ui --backend-store-uri {layout.tracking_uri} --port {MLFLOW_UI.rsplit(':', 1)[1]}"
+
+
+def mlflow_pages(tracking_uri: str, ui: str) -> dict[str, str]:
+    """Where the demo's runs and models are in the MLflow UI at `ui`: each experiment's runs table and each
+    registered model's page (MLflow's own landing page leads elsewhere)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    pages = {}
+    for title, name in (("pretraining runs", PRETRAINING_EXPERIMENT), ("fine-tuning runs", FINETUNING_EXPERIMENT)):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            pages[title] = f"{ui}/#/experiments/{experiment.experiment_id}/runs"
+    for name in (REGISTERED_MODEL, CLASSIFIER_MODEL):
+        pages[f"registered model {name}"] = f"{ui}/#/models/{name}"
+    return pages
 
 
 def _duration(seconds: float) -> str:
@@ -297,16 +318,33 @@ def summary_table(summary: dict[str, Any]) -> str:
         "",
         step_times(summary["timings_s"]),
         "",
-        f"MLflow UI: `{summary['mlflow_ui']}`, then open http://127.0.0.1:5000",
+        f"MLflow UI: `{summary['mlflow_ui']}`, then open",
+        "",
+        *(f"- {title}: {url}" for title, url in summary["mlflow_pages"].items()),
         "",
     ]
     return "\n".join(lines)
 
 
+def trend_limits(
+    training: Sequence[float], others: Sequence[float], start_share: float = 0.05, margin: float = 0.05
+) -> tuple[float, float]:
+    """y-limits that show how a loss moves: every held-out point and the training curve after its first
+    `start_share` of records (the steep fall from the initial loss, which would squeeze the rest flat, may run
+    off the top), with `margin` of the range added on each side."""
+    shown = list(training[int(len(training) * start_share) :]) + list(others)
+    if not shown:
+        return 0.0, 1.0
+    low, high = min(shown), max(shown)
+    pad = (high - low) * margin or 0.5
+    return low - pad, high + pad
+
+
 def plot_loss_curves(layout: DemoLayout, summary: dict[str, Any]) -> Path:
-    """Three panels: pretraining losses with the held-out [MASK] loss against the unigram guess there; test
-    accuracy against the fraction of labelled data, both arms, with their std over seeds; validation accuracy
-    per epoch of the runs on every training example."""
+    """Four panels: the pretraining MLM loss with the held-out [MASK] loss against the unigram guess there; the
+    held-out [MASK] and next-sentence accuracy against the next-sentence majority; test accuracy against the
+    fraction of labelled data, both arms, with their std over seeds; validation accuracy per epoch of the runs
+    on every training example."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -319,19 +357,23 @@ def plot_loss_curves(layout: DemoLayout, summary: dict[str, Any]) -> Path:
     tune = summary["finetuning"]
     colours = {"pretrained": "tab:blue", "scratch": "tab:orange"}
 
-    figure, (pre_axes, data_axes, epoch_axes) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
-    pre_axes.plot([r["step"] for r in train], [r["mlm_loss"] for r in train], label="MLM loss (training)")
-    pre_axes.plot([r["step"] for r in train], [r["nsp_loss"] for r in train], label="NSP loss (training)")
+    figure, (pre_axes, accuracy_axes, data_axes, epoch_axes) = plt.subplots(1, 4, figsize=(20, 4.5), dpi=100)
+    training_steps, training_losses = [r["step"] for r in train], [r["mlm_loss"] for r in train]
+    pre_axes.plot(training_steps, training_losses, label="MLM loss (training)")
     eval_steps = [r["step"] for r in held_out]
-    pre_axes.plot(eval_steps, [r["eval_mask_loss"] for r in held_out], "o-", label="[MASK] loss (held out)")
-    pre_axes.plot(
-        eval_steps,
-        [r["eval_mask_unigram_loss"] for r in held_out],
-        "s--",
-        color="grey",
-        label="unigram guess at the same [MASK] positions",
+    held_out_losses = [r["eval_mask_loss"] for r in held_out]
+    unigram_losses = [r["eval_mask_unigram_loss"] for r in held_out]
+    pre_axes.plot(eval_steps, held_out_losses, "o-", label="[MASK] loss (held out)")
+    pre_axes.plot(eval_steps, unigram_losses, "s--", color="grey", label="unigram guess at the same [MASK] positions")
+    pre_axes.set_ylim(*trend_limits(training_losses, held_out_losses + unigram_losses))
+    pre_axes.set(title="Pretraining: MLM loss", xlabel="step", ylabel="loss (nats)")
+
+    accuracy_axes.plot(eval_steps, [r["eval_mask_accuracy"] for r in held_out], "o-", label="[MASK] accuracy")
+    accuracy_axes.plot(eval_steps, [r["eval_nsp_accuracy"] for r in held_out], "o-", label="next-sentence accuracy")
+    accuracy_axes.plot(
+        eval_steps, [r["eval_nsp_majority"] for r in held_out], ":", color="grey", label="next-sentence majority"
     )
-    pre_axes.set(title="Pretraining", xlabel="step", ylabel="loss (nats)")
+    accuracy_axes.set(title="Pretraining: held-out accuracy", xlabel="step", ylabel="accuracy")
 
     rows = tune["by_fraction"]
     fractions = [row["fraction"] for row in rows]
@@ -369,7 +411,7 @@ def plot_loss_curves(layout: DemoLayout, summary: dict[str, Any]) -> Path:
             )
     epoch_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     epoch_axes.set(title="Fine-tuning on 100%: validation accuracy per epoch", xlabel="epoch", ylabel="accuracy")
-    for axes in (pre_axes, data_axes, epoch_axes):
+    for axes in (pre_axes, accuracy_axes, data_axes, epoch_axes):
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     figure.tight_layout()

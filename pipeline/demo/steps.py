@@ -4,7 +4,9 @@ subprocesses, each writing its output to `<demo>/logs/<step>.log`."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,7 +46,8 @@ PRETRAIN_RANKS = 2
 BEAM_WORKERS = 2
 FINETUNE_BATCH_SIZE = 32
 LOG_TAIL_LINES = 40
-POLL_S = 20.0
+POLL_S = 1.0  # how often the step's log and metrics are read
+PROGRESS_INTERVAL_S = 20.0  # between two training-progress lines
 
 
 class StepFailed(RuntimeError):
@@ -206,20 +209,71 @@ def count_lines(path: Path) -> int:
 
 
 def progress_line(metrics: Path, total_steps: int | None) -> str | None:
-    """The latest training and evaluation figures in a metrics.jsonl, or None before there are any."""
-    try:
-        records = read_json_lines(metrics)
-    except (OSError, ValueError):  # not written yet, or a line being written
-        return None
-    train = [r for r in records if "loss" in r]
-    evaluations = [r for r in records if any(k.startswith("eval_") for k in r)]
+    """The latest training step and loss in a metrics.jsonl, or None before there is one."""
+    train = [r for r in metrics_records(metrics) if "loss" in r]
     if not train:
         return None
-    line = f"step {train[-1]['step']}" + (f"/{total_steps}" if total_steps else "") + f", loss {train[-1]['loss']:.3f}"
-    if evaluations:
-        latest = evaluations[-1]
-        line += f"; held out (step {latest['step']}): " + held_out_figures(latest)
-    return line
+    return f"step {train[-1]['step']}" + (f"/{total_steps}" if total_steps else "") + f", loss {train[-1]['loss']:.3f}"
+
+
+def evaluation_lines(metrics: Path, shown: int) -> list[str]:
+    """One line per held-out evaluation in a metrics.jsonl, from the `shown`-th on."""
+    evaluations = [r for r in metrics_records(metrics) if any(k.startswith("eval_") for k in r)]
+    return [f"held out (step {r['step']}): {held_out_figures(r)}" for r in evaluations[shown:]]
+
+
+def metrics_records(metrics: Path) -> list[dict]:
+    try:
+        return read_json_lines(metrics)
+    except (OSError, ValueError):  # not written yet, or a line being written
+        return []
+
+
+# What a step's log says it starts doing next (pipeline.logs.announce, the launcher, DeepSpeed's op build).
+ANNOUNCEMENT = re.compile(
+    r"^\S+ \S+ INFO pipeline\.phase: (.*)$|^((?:pretrain|finetune)\.sh: starting .*?):|^(building .*)$"
+)
+
+
+class StepProgress:
+    """What the demo shows while a step runs, each thing once: the step's announcements from its log as they
+    appear, its training step and loss every `interval_s`, and each held-out evaluation when it is written."""
+
+    def __init__(self, log_path: Path, metrics: Path | None, total_steps: int | None, interval_s: float) -> None:
+        self.log_path, self.metrics, self.total_steps, self.interval_s = log_path, metrics, total_steps, interval_s
+        self.log_offset = 0
+        self.evaluations_shown = 0
+        self.last_training: str | None = None
+        self.last_training_at = -math.inf
+
+    def new_lines(self, now: float) -> list[str]:
+        lines = self._announcements()
+        if self.metrics is None:
+            return lines
+        if now - self.last_training_at >= self.interval_s:
+            training = progress_line(self.metrics, self.total_steps)
+            if training and training != self.last_training:
+                lines.append(training)
+                self.last_training, self.last_training_at = training, now
+        evaluations = evaluation_lines(self.metrics, self.evaluations_shown)
+        self.evaluations_shown += len(evaluations)
+        return lines + evaluations
+
+    def _announcements(self) -> list[str]:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_offset)
+                chunk = log.read()
+        except OSError:
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.log_offset += len(complete)
+        found = []
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            match = ANNOUNCEMENT.match(line)
+            if match:
+                found.append(next(group for group in match.groups() if group))
+        return found
 
 
 def held_out_figures(record: dict) -> str:
@@ -240,7 +294,7 @@ def run_step(step: Step, layout: DemoLayout, env: dict[str, str], echo: Callable
     layout.logs.mkdir(parents=True, exist_ok=True)
     log_path = layout.logs / f"{step.name}.log"
     start = time.monotonic()
-    last_shown = None
+    progress = StepProgress(log_path, step.metrics, step.total_steps, PROGRESS_INTERVAL_S)
     with log_path.open("w", encoding="utf-8") as log:
         process = subprocess.Popen(
             step.command, cwd=ROOT, env={**env, **step.env}, stdout=log, stderr=subprocess.STDOUT
@@ -248,12 +302,12 @@ def run_step(step: Step, layout: DemoLayout, env: dict[str, str], echo: Callable
         while True:
             try:
                 code = process.wait(timeout=POLL_S)
-                break
             except subprocess.TimeoutExpired:
-                line = progress_line(step.metrics, step.total_steps) if step.metrics else None
-                if line and line != last_shown:
-                    echo(f"      {line}")
-                    last_shown = line
+                code = None
+            for line in progress.new_lines(time.monotonic()):
+                echo(f"      {line}")
+            if code is not None:
+                break
     seconds = time.monotonic() - start
     if code != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]

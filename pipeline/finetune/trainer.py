@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ from pipeline.finetune.classify import ClassificationTask
 from pipeline.finetune.ner import NerTask
 from pipeline.finetune.qa import QuestionAnsweringTask
 from pipeline.finetune.task import TEST, VALIDATION, ModelInputs, Split, Task, TaskData, TaskOptions, collate_features
+from pipeline.logs import announce
 from pipeline.metrics import JsonLines
 from pipeline.model_source import ResolvedModel, resolve_model
 from pipeline.schedule import Schedule
@@ -147,7 +149,9 @@ class FineTuner:
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such file")
         registry_uri = None if request.tracking_uri == TRACKING_OFF else request.tracking_uri
+        announce(f"finding the model {request.model}")
         self.source = resolve_model(request.model, registry_uri)
+        announce(f"joining the other ranks ({os.environ.get('WORLD_SIZE', '1')} in all)")
         self.rank, self.world_size, self.on_gpu = init_distributed()
         self.nodes = node_count(self.world_size)
         if self.rank == 0:
@@ -171,6 +175,7 @@ class FineTuner:
         self.options = options
         self.task = TASKS[request.task](options)
         test = Path(request.test) if request.test is not None else None
+        announce(f"reading and tokenizing the {request.task} data")
         self.data: TaskData = self.task.prepare(Path(request.train), Path(request.validation), self.tokenizer, test)
         self.config = base_config.replace(id2label=self.data.id2label) if self.data.id2label else base_config
         self.ds_config, self.optimizer_spec, self.batch_sizes = deepspeed_config.prepare(
@@ -218,6 +223,7 @@ class FineTuner:
 
         torch.manual_seed(self.request.seed)  # the same new head on every rank
         model = self.task.model_class(self.config)
+        announce(f"building the model ({model.num_parameters():,} parameters) and DeepSpeed's engine")
         if not self.request.from_scratch:
             report = model.load_pretrained_state(load_weights(self.base_dir))
             self.initialized = list(report.initialized)
@@ -240,6 +246,7 @@ class FineTuner:
         state = "failed"
         try:
             for epoch in range(1, self.request.epochs + 1):
+                announce(f"epoch {epoch}/{self.request.epochs}: training on {len(self.data.train):,} examples")
                 self._train_epoch(epoch, metrics)
                 evaluation, predictions = self._evaluate(self.data.validation, VALIDATION)
                 step = self.engine.global_steps
@@ -384,6 +391,9 @@ class FineTuner:
         """Rank 0 exports the best epoch and registers it; the other ranks wait."""
         summary: dict[str, Any] = {}
         if self.rank == 0:
+            announce(
+                f"exporting the best epoch ({best['epoch']})" + (" and registering it" if self.request.register else "")
+            )
             tag_dir = self.output / CHECKPOINTS / checkpointing.tag_for(best["step"])
             model_dir = self.export(tag_dir)
             summary = {
@@ -440,6 +450,7 @@ class FineTuner:
             "nodes": self.nodes,
         }
         uri, experiment = self.request.tracking_uri, self.request.experiment
+        announce(f"opening the MLflow run (experiment {experiment!r})")
         self.tracker = open_run(self.output, uri, experiment, None, tags, self._params())
 
     def _params(self) -> dict[str, Any]:
