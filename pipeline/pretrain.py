@@ -30,7 +30,7 @@ from pipeline.logs import announce
 from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
 from pipeline.model_source import resolve_model
 from pipeline.schedule import Schedule
-from pipeline.tracking import RunTracker, code_version, open_run
+from pipeline.tracking import EXIT_NOT_REGISTERED, RunTracker, code_version, open_run
 from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
 from pipeline.weights import load_initial_weights, model_config_of
 from preprocessing.manifest import Manifest
@@ -155,6 +155,7 @@ class Trainer:
         self.tracker: RunTracker | None = None
         self.best_eval_loss = float("inf")
         self.final_state = "running"
+        self.unregistered: list[int] = []  # steps whose registration failed
         dist.barrier()  # every rank has passed the checks before anything is written
 
     # -- building -------------------------------------------------------------------------------------
@@ -368,7 +369,7 @@ class Trainer:
             return 1
         message = self._register(step) if self.train.register else ""
         self._status("finished", step, message)
-        return 0
+        return EXIT_NOT_REGISTERED if self.unregistered and self.rank == 0 else 0
 
     # -- step-boundary work --------------------------------------------------------------------------
 
@@ -508,13 +509,15 @@ class Trainer:
 
     def _register(self, step: int) -> str:
         """Export the checkpoint at `step` and register it (rank 0); the other ranks wait at the next collective.
-        A failure is reported and training goes on: `bertpipe register` can do it later."""
+        A failure is reported (log, the returned status message, `self.unregistered`) and training goes on:
+        `bertpipe register` can do it later."""
         if self.rank != 0 or self.tracker is None:
             return ""
         later = f"run `bertpipe register --checkpoint {self.output} --tag {checkpointing.tag_for(step)}` later"
-        run_id = self.tracker.run_id
+        run_id = self.tracker.wait_for_run()
         if run_id is None:
             log.warning("MLflow is unavailable, so step %d was not registered; %s", step, later)
+            self.unregistered.append(step)
             return f"not registered (MLflow unavailable); {later}"
         from pipeline.registry import register_checkpoint
 
@@ -525,6 +528,7 @@ class Trainer:
             )
         except Exception as error:  # a registry problem must not fail a finished run
             log.warning("registering step %d failed (%s: %s); %s", step, type(error).__name__, error, later)
+            self.unregistered.append(step)
             return f"not registered ({type(error).__name__}); {later}"
         self.tracker.set_tags({"registered_version": registration.uri})
         champion = " (champion)" if registration.champion else ""

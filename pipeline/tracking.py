@@ -104,6 +104,10 @@ def _is_transient(error: BaseException) -> bool:
 # MLflow 3's UI shows an experiment of this kind as a table of training runs (its default for a new experiment
 # is the GenAI view, where these runs sit under "Evaluation runs").
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+# How long work that needs the run (a registration) waits for the first attempt to reach the store.
+RUN_WAIT_S = 300.0
+# The exit code of a run that trained and saved its model, but whose registration (asked for) did not happen.
+EXIT_NOT_REGISTERED = 3
 MODEL_TRAINING = "custom_model_development"
 
 
@@ -256,6 +260,14 @@ class RunTracker:
         self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
         self._thread.start()
         self._attempted.wait(wait_s)
+        return self._run_id
+
+    def wait_for_run(self, timeout_s: float = RUN_WAIT_S) -> str | None:
+        """The run's id for work that needs the run (a registration): while the first attempt to reach the
+        store is still going (creating a new store takes seconds on a busy machine), wait for it, at most
+        `timeout_s`. None when the store was tried and is unavailable, or tracking is off."""
+        if self._run_id is None and not self._off:
+            self._attempted.wait(timeout_s)
         return self._run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:

@@ -132,6 +132,27 @@ def test_embedded_store_logs_and_a_second_tracker_continues_the_run(tmp_path, mo
 
 
 @pytest.mark.slow
+def test_a_registration_waits_for_a_store_that_is_still_being_created(tmp_path):
+    """Under load a new sqlite store takes seconds to create: the trainer's start does not wait that long, and
+    a registration right after used to take "no run yet" for "MLflow unavailable"."""
+    uri = f"sqlite:///{tmp_path}/new.db"
+    tracker = RunTracker(uri, system_metrics_interval_s=None, **FAST)
+    tracker.start("created-late", run_name="r", wait_s=0.0)  # returns before the store exists
+    run_id = tracker.wait_for_run(timeout_s=120)
+    assert run_id is not None
+    assert MlflowClient(uri).get_run(run_id).info.run_name == "r"
+    assert tracker.finish(timeout_s=60) == 0
+
+
+def test_an_unreachable_store_is_reported_after_its_first_attempt(tmp_path, http_env):
+    tracker = RunTracker(f"http://127.0.0.1:{free_port()}", system_metrics_interval_s=None, **FAST)
+    tracker.start("never", wait_s=0.0)
+    began = time.monotonic()
+    assert tracker.wait_for_run(timeout_s=120) is None
+    assert time.monotonic() - began < 30  # the first attempt failed: no waiting out the timeout
+    tracker.finish(timeout_s=1)
+
+
 def test_server_down_at_start(tmp_path, servers, http_env, caplog):
     caplog.set_level(logging.INFO, logger="pipeline.tracking")
     port = free_port()

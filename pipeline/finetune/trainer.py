@@ -36,7 +36,7 @@ from pipeline.logs import announce
 from pipeline.metrics import JsonLines
 from pipeline.model_source import ResolvedModel, resolve_model
 from pipeline.schedule import Schedule
-from pipeline.tracking import RunTracker, code_version, open_run
+from pipeline.tracking import EXIT_NOT_REGISTERED, RunTracker, code_version, open_run
 from pipeline.train_config import TrainConfigError
 from pipeline.weights import consolidated_state_dict
 from preprocessing.tokenizer import TOKENIZER_CONFIG, load_tokenizer, tokenizer_files
@@ -278,6 +278,8 @@ class FineTuner:
                     log.warning("%d MLflow records were not sent; %s has them", unsent, self.output / METRICS_FILE)
         if is_main:
             print(summary_line(summary))
+            if self.request.register and self.tracker is not None and summary.get("registered") is None:
+                return EXIT_NOT_REGISTERED
         return 0
 
     def _loader(self, epoch: int):
@@ -487,7 +489,7 @@ class FineTuner:
     def _register(self, model_dir: Path, best: dict[str, Any], test: dict[str, float] | None) -> str | None:
         if self.tracker is None:
             return None
-        if self.tracker.run_id is None:
+        if self.tracker.wait_for_run() is None:
             log.warning(
                 "MLflow is unavailable, so the model was not registered; run `bertpipe register --model %s --name "
                 "NAME` later",
