@@ -3,12 +3,15 @@ does not fit would otherwise surface as an index error deep inside the first ste
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from model.config import BertConfig
-from preprocessing.manifest import MANIFEST_NAME, Manifest, ManifestError
+from preprocessing.manifest import MANIFEST_NAME, Manifest, ManifestError, TokenizerInfo
 from preprocessing.storage import exists, join, read_bytes, read_json
 from preprocessing.tokenizer import VOCAB_TXT
+
+log = logging.getLogger(__name__)
 
 
 class DatasetMismatch(ValueError):
@@ -67,3 +70,43 @@ def check_against_model(manifest: Manifest, config: BertConfig) -> None:
         raise DatasetMismatch(
             "; ".join(problems) + "; preprocess with the model's tokenizer or change the model config"
         )
+
+
+def check_init_tokenizer(manifest: Manifest, init_from: str | Path) -> None:
+    """The weights of `--init-from` must come from the dataset's tokenizer: with another vocabulary (or another
+    casing) each id means another word, and training starts from noise that looks like a pretrained model."""
+    source = init_tokenizer(Path(init_from))
+    if source is None:
+        log.info(
+            "--init-from %s: no tokenizer is stored with it; its vocabulary is taken to be the dataset's", init_from
+        )
+        return
+    theirs, where = source
+    ours = manifest.tokenizer
+    problems = []
+    if ours.vocab_sha256 and theirs.vocab_sha256 and ours.vocab_sha256 != theirs.vocab_sha256:
+        problems.append(f"its vocabulary ({theirs.vocab_size} tokens) is not the dataset's ({ours.vocab_size} tokens)")
+    if ours.lowercase is not None and theirs.lowercase is not None and ours.lowercase != theirs.lowercase:
+        cased = {True: "uncased", False: "cased"}
+        problems.append(f"it is {cased[theirs.lowercase]} and the dataset {cased[ours.lowercase]}")
+    if problems:
+        raise DatasetMismatch(
+            f"--init-from {init_from} was trained with another tokenizer ({where}): {'; '.join(problems)}; preprocess "
+            f"the corpus with that tokenizer (`bertpipe preprocess --tokenizer {where}`), or start from other weights"
+        )
+
+
+def init_tokenizer(source: Path) -> tuple[TokenizerInfo, str] | None:
+    """(the tokenizer `source` was trained with, where it was found): the files of a model directory, or the
+    dataset manifest of the run a checkpoint comes from; None where neither is there."""
+    from preprocessing.tokenizer import load_tokenizer, tokenizer_info
+
+    if (source / VOCAB_TXT).is_file() or (source / "tokenizer.json").is_file():
+        return tokenizer_info(load_tokenizer(source)), str(source)
+    from pipeline.weights import checkpoint_tag_dir, model_states
+
+    tag_dir = checkpoint_tag_dir(source)
+    dataset = model_states(tag_dir).get("dataset") if tag_dir is not None else None
+    if dataset and exists(join(str(dataset), MANIFEST_NAME)):
+        return load_manifest(dataset).tokenizer, str(dataset)
+    return None

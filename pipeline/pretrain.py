@@ -22,7 +22,7 @@ from model.checkpoint import atomic_write_bytes
 from model.flops import peak_bf16_flops, pretraining_step_flops
 from model.local_attention_init import init_local_attention
 from pipeline import checkpointing, deepspeed_config
-from pipeline.dataset_check import check_against_model, load_manifest
+from pipeline.dataset_check import check_against_model, check_init_tokenizer, load_manifest
 from pipeline.distributed import init_distributed, node_count
 from pipeline.evaluate import evaluate, unigram_log_probs
 from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_batches, resume_state, target_counts
@@ -124,6 +124,8 @@ class Trainer:
         self.init_from = str(resolve_model(request.init_from, registry_uri).path) if request.init_from else None
         self.model_config = resolve_model_config(self.train, self.manifest, self.init_from)
         check_against_model(self.manifest, self.model_config)
+        if self.init_from:
+            check_init_tokenizer(self.manifest, self.init_from)
         self.schedule = Schedule(
             self.train.train_steps,
             self.train.warmup,

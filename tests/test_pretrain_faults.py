@@ -13,6 +13,8 @@ from pretrain_runs import ROOT, run_launcher, run_single, status, training_steps
 from model import BertConfig, BertForPreTraining
 from pipeline.checkpointing import latest_tag
 from pipeline.data_plan import shard_order
+from pipeline.dataset_check import check_init_tokenizer, load_manifest
+from preprocessing.tokenizer import build_wordpiece, tokenizer_files
 
 
 def test_missing_dataset_directory_is_a_clear_error(tmp_path):
@@ -33,6 +35,33 @@ def test_vocabulary_mismatch_names_both_sizes_before_any_compute(pretraining_dat
     assert result.returncode == 2
     assert "vocabulary has 3000 tokens but the model's vocab_size is 5000" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change", ["cased", "other words"])
+def test_init_from_weights_of_another_tokenizer_is_refused_before_any_compute(change, pretraining_dataset, tmp_path):
+    """Same vocabulary size, so every shape fits: only the tokenizer files tell that each id means another word."""
+    model_dir = tmp_path / "model"
+    BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=3000)).save_pretrained(model_dir)
+    vocab = (pretraining_dataset / "vocab.txt").read_text().splitlines()
+    lowercase = True
+    if change == "cased":
+        lowercase = False
+    else:
+        vocab = [*vocab[:-2], "zzzunseen", "zzzother"]
+    tokenizer = build_wordpiece({token: i for i, token in enumerate(vocab)}, lowercase=lowercase)
+    for name, data in tokenizer_files(tokenizer).items():
+        (model_dir / name).write_bytes(data)
+    result = run_single(pretraining_dataset, tmp_path / "run", "--init-from", str(model_dir))
+    assert result.returncode == 2, result.stderr[-2000:]
+    expected = "it is cased and the dataset uncased" if change == "cased" else "its vocabulary (3000 tokens) is not"
+    assert f"--init-from {model_dir} was trained with another tokenizer" in result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+    # the dataset's own tokenizer beside the same weights passes the check
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(pretraining_dataset / name, model_dir / name)
+    assert check_init_tokenizer(load_manifest(pretraining_dataset), model_dir) is None
 
 
 def test_existing_run_is_not_overwritten_without_resume(pretraining_dataset, tmp_path):
