@@ -158,6 +158,17 @@ def load_tensors_only(path: Path) -> Any:
             f"Loading it could run code from the file; bertpipe's own checkpoints never hold such objects, so "
             f"this file was not written by bertpipe or was altered"
         ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+    ) as error:  # cut short or damaged: torch names neither the file nor a way on
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"cannot read {path} ({first_line}): the file is cut short or damaged. To continue from an earlier "
+            f"checkpoint, write its tag (a directory name beside {path.parent.name}) into "
+            f"{path.parent.parent / LATEST}"
+        ) from None
 
 
 def vet_checkpoint(tag_dir: Path) -> None:

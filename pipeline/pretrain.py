@@ -237,24 +237,13 @@ class Trainer:
 
     def run(self) -> int:
         self.run_id: str | None = None
-        self.build_engine()
         self.saved_rng_states: dict[str, Any] | None = None
-        saved_data = self.restore()
-        self.build_data(saved_data)
-        if self.saved_rng_states is not None:
-            checkpointing.restore_rng_states(self.saved_rng_states)
-        step = self.engine.global_steps
-        resumed_step = step if self.resume_tag is not None else None
+        try:
+            step, metrics, fingerprints = self._start()
+        except Exception as error:  # a checkpoint that does not load, a loader that cannot start, a full disk
+            self._record_failure(0, error)
+            raise
         is_main = self.rank == 0
-        self.output.mkdir(parents=True, exist_ok=True)
-        metrics = JsonLines(self.output / METRICS_FILE, resumed_step) if is_main else None
-        fingerprints = None
-        if self.train.record_batch_fingerprints:
-            fingerprints = JsonLines(self.output / "fingerprints" / f"rank{self.rank}.jsonl", resumed_step)
-        if is_main:
-            write_status(self.output, "running", step, self.resume_tag)
-            self._write_run_config()
-            self._start_tracking(step)
         stop = StopRequest()
         announce(f"training from step {step} to {self.train.train_steps}")
         bar = progress_bar(self.train.train_steps, step, enabled=is_main)
@@ -266,10 +255,7 @@ class Trainer:
             log.error("%s", error)
             return 1
         except Exception as error:  # a bad shard, a lost rank, a full disk: pollers must not read "running"
-            try:
-                self._status("failed", self.engine.global_steps, f"{type(error).__name__}: {error}"[:2000])
-            except OSError as status_error:  # on a full disk the status may not be writable either
-                log.error("cannot write %s: %s", STATUS_FILE, status_error)
+            self._record_failure(self.engine.global_steps, error)
             raise
         finally:
             bar.close()
@@ -280,6 +266,35 @@ class Trainer:
             if self.tracker is not None:
                 self._finish_tracking()
         return outcome
+
+    def _start(self) -> tuple[int, JsonLines | None, JsonLines | None]:
+        """Everything between the checks and the first step: engine, checkpoint, data, files, tracking."""
+        self.build_engine()
+        saved_data = self.restore()
+        self.build_data(saved_data)
+        if self.saved_rng_states is not None:
+            checkpointing.restore_rng_states(self.saved_rng_states)
+        step = self.engine.global_steps
+        resumed_step = step if self.resume_tag is not None else None
+        self.output.mkdir(parents=True, exist_ok=True)
+        metrics = JsonLines(self.output / METRICS_FILE, resumed_step) if self.rank == 0 else None
+        fingerprints = None
+        if self.train.record_batch_fingerprints:
+            fingerprints = JsonLines(self.output / "fingerprints" / f"rank{self.rank}.jsonl", resumed_step)
+        if self.rank == 0:
+            write_status(self.output, "running", step, self.resume_tag)
+            self._write_run_config()
+            self._start_tracking(step)
+        return step, metrics, fingerprints
+
+    def _record_failure(self, step: int, error: BaseException) -> None:
+        """`failed` in the status, with the error and the last usable checkpoint: whoever polls the status must
+        not read `running`, or the state of an earlier run."""
+        try:
+            self.output.mkdir(parents=True, exist_ok=True)
+            self._status("failed", step, f"{type(error).__name__}: {error}"[:2000])
+        except OSError as status_error:  # on a full disk the status may not be writable either
+            log.error("cannot write %s: %s", STATUS_FILE, status_error)
 
     def _loop(self, step: int, stop: StopRequest, metrics, fingerprints, bar) -> int:
         engine, train = self.engine, self.train

@@ -144,3 +144,13 @@ def test_failed_checkpoint_write_leaves_the_previous_one_usable(pretraining_data
     assert "resumed from step00000003 at step 3" in result.stderr
     assert latest_tag(output / "checkpoints") == "step00000006"
     assert [r["step"] for r in training_steps(output)] == [1, 2, 3, 4, 5, 6]
+    assert status(output)["state"] == "finished"
+
+    # A failure before the first step (here a checkpoint that no longer loads) must not leave that status.
+    states = output / "checkpoints" / "step00000006" / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[:100])
+    result = run_single(pretraining_dataset, output, "--set", "train_steps=9", "--resume", "auto")
+    assert result.returncode != 0
+    assert status(output)["state"] == "failed" and status(output)["checkpoint"] == "step00000006"
+    assert f"cannot read {states}" in status(output)["message"] and "cut short or damaged" in result.stderr
+    assert "Traceback" not in result.stderr
