@@ -235,7 +235,7 @@ def cpu_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def build_data(work: Path) -> tuple[Path, dict[str, float]]:
+def build_data(work: Path, dupe_factor: int = 5) -> tuple[Path, dict[str, float]]:
     """The demo's vocabulary and shards (`bertpipe tokenizer train`, `launch/preprocess.sh --phase 1`), built
     once per work directory: a later run finds them and builds nothing."""
     tokenizer, data = work / "tokenizer", work / "data"
@@ -247,7 +247,7 @@ def build_data(work: Path) -> tuple[Path, dict[str, float]]:
         seconds["vocabulary_s"] = run_logged(command, work / "logs" / "vocabulary.log", cpu_env())
     if not (dataset / "manifest.json").is_file():
         command = [str(ROOT / "launch" / "preprocess.sh"), "--phase", "1", "--input", str(CORPUS)]
-        command += ["--tokenizer", str(tokenizer), "--output", str(data), "--dupe-factor", "5"]
+        command += ["--tokenizer", str(tokenizer), "--output", str(data), "--dupe-factor", str(dupe_factor)]
         command += ["--validation-fraction", "0.02", "--shard-mb", "8", "--direct_num_workers=2"]
         seconds["preprocess_s"] = run_logged(command, work / "logs" / "preprocess.log", cpu_env())
     return dataset, seconds
@@ -841,6 +841,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="sequences per step (global)")
     parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="our config directory")
     parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--dupe-factor", type=int, default=5, help="masking passes over the corpus (the demo's: 5)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--skip-peer", action="store_true", help="ours and random weights only")
     parser.add_argument("--workdir", type=Path, help="dataset and runs (default: a temporary directory, removed)")
@@ -851,7 +852,7 @@ def main() -> None:
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="bertpipe-bench-learning-"))).resolve()
     try:
         work.mkdir(parents=True, exist_ok=True)
-        dataset, data_seconds = build_data(work)
+        dataset, data_seconds = build_data(work, args.dupe_factor)
         config = args.config.resolve()
         config_log_every = load_config(config).train.log_every
         settings = Settings(

@@ -47,11 +47,11 @@ def run_launcher(dataset: Path, output: Path, *args: str, ranks: int = 2, timeou
     return code, output.with_suffix(".log").read_text()
 
 
-def run_single(dataset: Path, output: Path, *args: str, config: Path = TINY, timeout: float = 300):
+def run_single(dataset: Path, output: Path, *args: str, config: Path = TINY, timeout: float = 300, **env: str):
     """`bertpipe pretrain` in one process (a world of one, no launcher)."""
     command = [sys.executable, "-m", "pipeline.cli", "pretrain", "--config", str(config)]
     command += ["--dataset", str(dataset), "--output", str(output), *args]
-    return subprocess.run(command, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=ROOT, env=cpu_env(**env), capture_output=True, text=True, timeout=timeout)
 
 
 def metrics(output: Path) -> list[dict]:

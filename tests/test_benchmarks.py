@@ -178,7 +178,7 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
     out = tmp_path / "results"
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/learning.py"), "--steps", "6", "--eval-every", "3", "--seeds", "1",
-         "--finetune-epochs", "1", "--workdir", str(tmp_path / "work"), "--output-dir", str(out)],
+         "--finetune-epochs", "1", "--dupe-factor", "1", "--workdir", str(tmp_path / "work"), "--output-dir", str(out)],
         check=True, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     result = json.loads((out / "learning.json").read_text())

@@ -13,9 +13,9 @@ SCRIPT = ROOT / "launch" / "pretrain.sh"
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("RANK", "LOCAL_RANK")
-    }
+    # A GPU machine's launch: the caller's DS_ACCELERATOR=cpu would make every node one rank.
+    ignored = ("RANK", "LOCAL_RANK", "DS_ACCELERATOR", "MASTER_PORT")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ignored}
     environment.update(BERTPIPE_PYTHON=sys.executable, **env)
     environment.pop("HOSTFILE", None) if "HOSTFILE" not in env else None
     return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=environment, cwd="/")
