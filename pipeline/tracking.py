@@ -266,7 +266,8 @@ class RunTracker:
         """The run's id for work that needs the run (a registration): while the first attempt to reach the
         store is still going (creating a new store takes seconds on a busy machine), wait for it, at most
         `timeout_s`. None when the store was tried and is unavailable, or tracking is off."""
-        if self._run_id is None and not self._off:
+        if self._run_id is None and not self._off and not self._attempted.is_set():
+            log.info("waiting for MLflow at %s to create the run (at most %.0f s)", self.shown_uri, timeout_s)
             self._attempted.wait(timeout_s)
         return self._run_id
 

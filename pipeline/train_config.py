@@ -37,7 +37,7 @@ class TrainConfig:
     eval_samples: int = 10_000  # first N validation samples (0: all)
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end and on SIGTERM/SIGINT
     keep_checkpoints: int = 3  # newest checkpoints kept; older ones are deleted
-    log_every: int = 10  # steps between metrics lines (the progress line too)
+    log_every: int = 10  # steps between metrics records (and updates of the progress figures)
     seed: int = 12345  # weights, dropout and the order of the shards
     loader_workers: int = 2  # DataLoader worker processes per rank; 0 reads in the training process
     shuffle_window_shards: int = 2  # shards shuffled together by one loader worker (held in memory)

@@ -98,7 +98,7 @@ def test_pretrain_help_lists_every_train_json_key_with_its_default():
     listed = dict(re.findall(r"^  (\w+) = (.+?)(?::|$)", text, flags=re.MULTILINE))
     assert sorted(listed) == sorted(field.name for field in dataclasses.fields(TrainConfig))
     assert listed["train_steps"] == "100" and listed["attention_init"] == '"local"'
-    assert "steps between metrics lines" in text  # the field's comment in train_config.py
+    assert "steps between metrics records" in text  # the field's comment in train_config.py
 
 
 def test_bertpipe_version_is_the_installed_one():
