@@ -273,7 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrain BERT on a preprocessed dataset with DeepSpeed (one process per rank)",
         description="Run under the deepspeed launcher (launch/pretrain.sh) for several ranks or nodes; "
         "started directly it is a single-rank run.",
-        epilog="train.json keys (--set KEY=VALUE; values are JSON where they parse as JSON):\n" + keys_help(),
+        epilog="train.json keys (--set KEY=VALUE; values are JSON where they parse as JSON):\n"
+        + keys_help()
+        + "\n\nDeepSpeed keys: --set deepspeed.train_micro_batch_size_per_gpu=16, "
+        "--set deepspeed.zero_optimization.stage=3, --set deepspeed.optimizer.params.lr=1e-4 (any key of "
+        "deepspeed.json; a key DeepSpeed does not know is refused).",
     )
     train.add_argument("--config", required=True, help="config directory (train.json + deepspeed.json) or train.json")
     train.add_argument("--dataset", required=True, help="dataset directory written by `bertpipe preprocess`")
@@ -287,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-from", help="start from these weights (model directory or a run's checkpoints)")
     train.add_argument("--deepspeed-config", help="DeepSpeed JSON to use instead of the config directory's")
     train.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a train.json key (listed below)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a train.json key (listed below), or a deepspeed.json key as deepspeed.KEY[.SUBKEY]=VALUE",
     )
     train.add_argument("--skip-bad-shards", action="store_true", help="skip and count unreadable shards")
     train.add_argument(

@@ -2,11 +2,12 @@
 
 DeepSpeed's file keeps what DeepSpeed owns in its own format (batch sizes, ZeRO stage, precision,
 optimizer and its lr, gradient clipping); `train.json` holds the rest. A config *directory* holds both;
-`--set key=value` overrides `train.json` fields from the command line.
+`--set key=value` overrides `train.json` fields from the command line, `--set deepspeed.key=value` DeepSpeed's.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from typing import Any
 
 TRAIN_JSON = "train.json"
 DEEPSPEED_JSON = "deepspeed.json"
+# `--set deepspeed.KEY[.SUBKEY]=VALUE` sets a key of the DeepSpeed config instead of train.json.
+DEEPSPEED_PREFIX = "deepspeed."
 MLM_BIAS_INITS = ("unigram", "zeros")
 ATTENTION_INITS = ("local", "bert")
 
@@ -165,13 +168,36 @@ def load_config(
     train_path = path / TRAIN_JSON if path.is_dir() else path
     if not train_path.is_file():
         raise TrainConfigError(f"no training config at {train_path}; pass a directory like launch/configs/tiny")
+    overrides = overrides or {}
     values = _read_json(train_path)
-    values.update(overrides or {})
+    values.update({key: value for key, value in overrides.items() if not key.startswith(DEEPSPEED_PREFIX)})
     train = TrainConfig.from_dict(values)
     ds_path = Path(deepspeed_path) if deepspeed_path else train_path.parent / train.deepspeed_config
     if not ds_path.is_file():
         raise TrainConfigError(f"no DeepSpeed config at {ds_path} (deepspeed_config in {train_path})")
-    return LoadedConfig(train, _read_json(ds_path), train_path, ds_path)
+    deepspeed = with_deepspeed_overrides(_read_json(ds_path), overrides)
+    return LoadedConfig(train, deepspeed, train_path, ds_path)
+
+
+def with_deepspeed_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The DeepSpeed config with each `deepspeed.SECTION.KEY` override set (sections made where missing), so
+    that a run can change a DeepSpeed key without a copied file; the file itself is not changed. Keys DeepSpeed
+    does not know are refused later, like the file's own."""
+    result = copy.deepcopy(config)
+    for key, value in overrides.items():
+        if not key.startswith(DEEPSPEED_PREFIX):
+            continue
+        path = key.removeprefix(DEEPSPEED_PREFIX).split(".")
+        if not all(path):
+            raise TrainConfigError(f"--set {key}: name a DeepSpeed key, e.g. deepspeed.zero_optimization.stage=2")
+        section = result
+        for depth, name in enumerate(path[:-1]):
+            section = section.setdefault(name, {})
+            if not isinstance(section, dict):
+                where = ".".join(path[: depth + 1])
+                raise TrainConfigError(f"--set {key}: {where} is {section!r} in the DeepSpeed config, not a section")
+        section[path[-1]] = value
+    return result
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from model import BertConfig, BertForPreTraining
 from pipeline.deepspeed_config import (
     BatchSizes,
     build_adamw,
+    check_known_keys,
     parameter_groups,
     prepare,
     resolve_batch_sizes,
@@ -364,3 +365,32 @@ def test_build_adamw_uses_the_groups_and_the_deepspeed_params():
     assert [len(g["params"]) for g in optimizer.param_groups] == [1, 1]
     group = optimizer.param_groups[0]
     assert (group["lr"], group["betas"], group["eps"]) == (1e-3, (0.8, 0.99), 1e-8)
+
+
+def test_deepspeed_keys_are_set_per_run_without_touching_the_file(tmp_path):
+    deepspeed = {"train_micro_batch_size_per_gpu": 32, "optimizer": {"type": "AdamW", "params": {"lr": 2e-3}}}
+    directory = write_config(tmp_path / "run", {"warmup_steps": 1}, deepspeed)
+    overrides = parse_overrides(
+        [
+            "deepspeed.train_micro_batch_size_per_gpu=16",
+            "deepspeed.optimizer.params.lr=1e-4",
+            "deepspeed.zero_optimization.stage=3",
+            "train_steps=7",
+        ]
+    )
+    loaded = load_config(directory, overrides)
+    assert loaded.train.train_steps == 7
+    assert loaded.deepspeed == {
+        "train_micro_batch_size_per_gpu": 16,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+        "zero_optimization": {"stage": 3},
+    }
+    assert json.loads((directory / "deepspeed.json").read_text()) == deepspeed  # the file is as it was
+    with pytest.raises(TrainConfigError, match=r"deepspeed\.optimizer\.type\.x: optimizer\.type is 'AdamW'"):
+        load_config(directory, {"deepspeed.optimizer.type.x": 1})
+    with pytest.raises(TrainConfigError, match="name a DeepSpeed key"):
+        load_config(directory, {"deepspeed.": 1})
+    # a misspelt key reaches DeepSpeed's key check, as one in the file would
+    misspelt = load_config(directory, {"deepspeed.zero_optimisation.stage": 2}).deepspeed
+    with pytest.raises(TrainConfigError, match=r"'zero_optimisation' \(did you mean 'zero_optimization'\?\)"):
+        check_known_keys(misspelt)
