@@ -20,8 +20,10 @@ Evaluation is `pipeline.evaluate.evaluate` on our validation shards (the peer's 
 adapter), with the unigram baseline of `pipeline.loader.target_counts` over the train split, as the
 trainer computes it. The headline is the held-out loss at `[MASK]` positions against that context-free
 guess. Downstream, each arm's final model (and random weights, `--from-scratch`) is fine-tuned on the
-bundled classification task with `launch/finetune.sh classify` and its held-out accuracy after the
-last epoch is read (the best epoch's is recorded too).
+bundled classification task with `launch/finetune.sh classify`, split as the demo splits it
+(`pipeline.demo.steps.write_task_files`: 20% of the labelled paragraphs carved out as the test set, 20% of
+the rest to choose the epoch, the rest to train on), and scored once on the test set. As in the demo, the
+vocabulary and the pretraining data are made from the corpus less the lines that hold a test paragraph.
 
 Wall time: each arm's clock starts when the arm starts (ours: launching `pretrain.sh`, so it includes
 starting the launcher and the ranks; the peer: reading the shards in this already-running process) and
@@ -47,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -61,16 +63,15 @@ from benchmarks.machine import cpu_description, cpu_model
 from model.heads import IGNORE_INDEX
 from pipeline.dataset_check import load_manifest
 from pipeline.deepspeed_config import resolve_batch_sizes
-from pipeline.demo.downstream import carve_validation
-from pipeline.demo.layout import SPLIT_SEED, VALIDATION_FRACTION
+from pipeline.demo.layout import SIZES, DemoLayout
+from pipeline.demo.steps import write_task_files
 from pipeline.distributed import free_port
 from pipeline.train_config import LoadedConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PYDOCS = ROOT / "tests" / "data" / "pydocs"
 CORPUS = PYDOCS / "demo_corpus.txt"
-CLASSIFY_TRAIN = PYDOCS / "tasks" / "classify_train.jsonl"
-CLASSIFY_TEST = PYDOCS / "tasks" / "classify_validation.jsonl"  # files the pretraining corpus leaves out
+CLASSIFY_TRAIN = PYDOCS / "tasks" / "classify_train.jsonl"  # the demo carves test, validation and training from it
 DEMO_CONFIG = ROOT / "launch" / "configs" / "demo"
 VOCAB_SIZE = 8192
 RANKS = 2  # ours: DeepSpeed CPU ranks, one core each
@@ -151,6 +152,10 @@ def evaluation_steps(steps: int, every: int) -> list[int]:
 def logged_steps(steps: int, every: int) -> list[int]:
     """Where ours writes a training record: every `every` steps, and at the end."""
     return sorted({*range(every, steps + 1, every), steps})
+
+
+def count_examples(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
 
 
 def majority_share(labels: Iterable[Any]) -> float:
@@ -235,18 +240,27 @@ def cpu_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def demo_split(work: Path) -> DemoLayout:
+    """The demo's task files and its corpus without the test paragraphs (written once per work directory)."""
+    layout = DemoLayout(work / "demo")
+    if not layout.task_test.is_file():
+        write_task_files(layout, replace(SIZES["full"], finetune_fractions=(1.0,), finetune_seeds=1))
+    return layout
+
+
 def build_data(work: Path, dupe_factor: int = 5) -> tuple[Path, dict[str, float]]:
-    """The demo's vocabulary and shards (`bertpipe tokenizer train`, `launch/preprocess.sh --phase 1`), built
-    once per work directory: a later run finds them and builds nothing."""
+    """The demo's vocabulary and shards (`bertpipe tokenizer train`, `launch/preprocess.sh --phase 1`) from
+    the demo's corpus, built once per work directory: a later run finds them and builds nothing."""
+    corpus = demo_split(work).corpus
     tokenizer, data = work / "tokenizer", work / "data"
     dataset = data / "seq128"
     seconds = {}
     if not (tokenizer / "vocab.txt").is_file():
-        command = [sys.executable, "-m", "pipeline.cli", "tokenizer", "train", "--input", str(CORPUS)]
+        command = [sys.executable, "-m", "pipeline.cli", "tokenizer", "train", "--input", str(corpus)]
         command += ["--vocab-size", str(VOCAB_SIZE), "--out", str(tokenizer)]
         seconds["vocabulary_s"] = run_logged(command, work / "logs" / "vocabulary.log", cpu_env())
     if not (dataset / "manifest.json").is_file():
-        command = [str(ROOT / "launch" / "preprocess.sh"), "--phase", "1", "--input", str(CORPUS)]
+        command = [str(ROOT / "launch" / "preprocess.sh"), "--phase", "1", "--input", str(corpus)]
         command += ["--tokenizer", str(tokenizer), "--output", str(data), "--dupe-factor", str(dupe_factor)]
         command += ["--validation-fraction", "0.02", "--shard-mb", "8", "--direct_num_workers=2"]
         seconds["preprocess_s"] = run_logged(command, work / "logs" / "preprocess.log", cpu_env())
@@ -580,23 +594,12 @@ def run_random(settings: Settings, seed: int, evaluation: HeldOut) -> dict[str, 
 # -- downstream: launch/finetune.sh classify --------------------------------------------------------------
 
 
-def task_files(work: Path) -> tuple[Path, Path]:
-    """The demo's split of the labelled paragraphs: the same stratified, seeded 20% held back to choose the
-    epoch (`pipeline.demo.downstream.carve_validation`), the rest to train on; the test file stays apart."""
-    lines = [line for line in CLASSIFY_TRAIN.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train, validation = carve_validation([json.loads(line)["label"] for line in lines], VALIDATION_FRACTION, SPLIT_SEED)
-    paths = work / "task" / "train.jsonl", work / "task" / "validation.jsonl"
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
-    for path, indexes in zip(paths, (train, validation), strict=True):
-        path.write_text("".join(lines[i] + "\n" for i in indexes), encoding="utf-8")
-    return paths
-
-
-def finetune(model_dir: Path, output: Path, seed: int, epochs: int, from_scratch: bool) -> dict[str, Any]:
-    """The classifier, its epoch chosen on the validation split and scored once on the test file."""
-    train, validation = task_files(output.parent)
+def finetune(work: Path, model_dir: Path, output: Path, seed: int, epochs: int, from_scratch: bool) -> dict[str, Any]:
+    """The classifier, its epoch chosen on the validation split and scored once on the test split."""
+    task = demo_split(work)
     command = [str(ROOT / "launch" / "finetune.sh"), "classify", "--model", str(model_dir)]
-    command += ["--train", str(train), "--validation", str(validation), "--test", str(CLASSIFY_TEST)]
+    command += ["--train", str(task.task_train), "--validation", str(task.task_validation)]
+    command += ["--test", str(task.task_test)]
     command += ["--output", str(output)]
     command += ["--epochs", str(epochs), "--learning-rate", str(FINETUNE["learning_rate"])]
     command += ["--batch-size", str(FINETUNE["batch_size"]), "--max-seq-length", str(FINETUNE["max_seq_length"])]
@@ -634,7 +637,12 @@ def run_seed(settings: Settings, seed: int, arms: Sequence[str], evaluation: Hel
         # --from-scratch takes the architecture and the tokenizer from ours' export
         model_dir = run["model_dir"] if "model_dir" in run else runs["ours"]["model_dir"]
         run["downstream"] = finetune(
-            Path(model_dir), run_dir / "finetune", seed, settings.finetune_epochs, from_scratch=arm == "random"
+            settings.work,
+            Path(model_dir),
+            run_dir / "finetune",
+            seed,
+            settings.finetune_epochs,
+            from_scratch=arm == "random",
         )
         run["arm_wall_s"] = time.monotonic() - started
         run["final"] = {k: v for k, v in run["curve"][-1].items() if k not in ("step", "wall_s")}
@@ -669,7 +677,7 @@ def summarize_arm(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def dataset_facts(dataset: Path) -> dict[str, Any]:
     manifest = load_manifest(dataset)
     return {
-        "corpus": str(CORPUS.relative_to(ROOT)),
+        "corpus": f"{CORPUS.relative_to(ROOT)} less the lines that hold a test paragraph",
         "vocab_size": manifest.tokenizer.vocab_size,
         "parameters": manifest.parameters,
         "train_samples": manifest.splits["train"].samples,
@@ -694,7 +702,8 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
         peer = result_arms["peer"]["summary"].get("seconds_per_step", {}).get("mean")
         ratio = ours / peer if ours and peer else None
     loaded = settings.loaded(seed=seeds[0])
-    labels = [json.loads(line)["label"] for line in CLASSIFY_TEST.read_text().splitlines() if line.strip()]
+    task = demo_split(settings.work)
+    labels = [json.loads(line)["label"] for line in task.task_test.read_text().splitlines() if line.strip()]
     return {
         "benchmark": "learning",
         "machine": cpu_description(),
@@ -723,7 +732,9 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
         "dataset": dataset_facts(settings.dataset),
         "held_out": {"batches": len(evaluation.batches), "eval_samples": loaded.train.eval_samples},
         "finetune": {
-            "task": str(CLASSIFY_TRAIN.parent.relative_to(ROOT)),
+            "task": f"{CLASSIFY_TRAIN.relative_to(ROOT)}, split as the demo splits it",
+            "train_examples": count_examples(task.task_train),
+            "validation_examples": count_examples(task.task_validation),
             "epochs": settings.finetune_epochs,
             **FINETUNE,
             "test_examples": len(labels),

@@ -302,8 +302,8 @@ def learning(results: Path) -> list[str]:
         f"sequences ({run['sequences']:,}); ours on {run['ours_ranks']} CPU ranks, the peer in one process with "
         f"{run['peer_threads']} threads; {len(seeds)} seed(s), mean ± std. "
         f"Held out: {run['dataset']['validation_samples']:,} pairs. Classifier: {tune['epochs']} epochs, "
-        f"epoch chosen on the demo's validation split, scored on {tune['test_examples']} test paragraphs from files "
-        f"the corpus leaves out (majority class {tune['majority_share']:.3f}). "
+        f"split as the demo splits it, epoch chosen on the validation split, scored once on {tune['test_examples']} "
+        f"test paragraphs the pretraining corpus leaves out (majority class {tune['majority_share']:.3f}). "
         "`benchmarks/results/learning.json`, `learning.png`.",
         "",
         *table(

@@ -47,14 +47,19 @@ def mimetic_std(hidden_size: int, head_size: int, self_score: float) -> float:
 
 @torch.no_grad()
 def init_local_attention(
-    bert: BertModel, position_scale: float = POSITION_SCALE, self_score: float = SELF_SCORE
+    bert: BertModel, position_scale: float = POSITION_SCALE, self_score: float = SELF_SCORE, global_heads: int = 0
 ) -> None:
-    """Re-initialise `bert`'s position embeddings and query/key projections as the module docstring says."""
+    """Re-initialise `bert`'s position embeddings and query/key projections as the module docstring says. The
+    last `global_heads` heads of each layer keep BERT's initialisation (near-uniform rows: every position,
+    [CLS] included, sees the whole pair from the first step)."""
     config = bert.config
+    if not 0 <= global_heads < config.num_attention_heads:
+        raise ValueError(f"global_heads must be in 0..{config.num_attention_heads - 1}, got {global_heads}")
     table = bert.embeddings.position_embeddings.weight
     table.copy_(sinusoidal_positions(*table.shape) * position_scale * config.initializer_range)
     std = mimetic_std(config.hidden_size, config.head_size, self_score)
+    local_rows = (config.num_attention_heads - global_heads) * config.head_size  # heads are row blocks of W_q, W_k
     for layer in bert.encoder.layer:
         attention = layer.attention.self
-        attention.query.weight.normal_(0.0, std)
-        attention.key.weight.copy_(attention.query.weight)
+        attention.query.weight[:local_rows].normal_(0.0, std)
+        attention.key.weight[:local_rows].copy_(attention.query.weight[:local_rows])

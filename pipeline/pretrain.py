@@ -170,7 +170,7 @@ class Trainer:
             f"(ZeRO stage {self.ds_config.get('zero_optimization', {}).get('stage', 0)}, {self.world_size} ranks)"
         )
         if self.train.attention_init == "local":
-            init_local_attention(model.bert)
+            init_local_attention(model.bert, global_heads=self.train.global_attention_heads)
         if self.train.mlm_bias_init == "unigram":
             model.cls.predictions.init_bias_to_prior(self.unigram.float())
         if self.init_from and self.resume_tag is None:

@@ -50,6 +50,9 @@ class TrainConfig:
     # "local": sinusoidal position embeddings and W_k = W_q, so that attention starts local (see
     # model/local_attention_init.py); "bert": BERT's original N(0, initializer_range) for both
     attention_init: str = "local"
+    # with attention_init "local": heads per layer left at BERT's near-uniform start, through which [CLS] sees
+    # the whole pair (and next-sentence prediction its evidence) from the first step
+    global_attention_heads: int = 0
     dynamic_masking: bool = False  # re-mask each sample every epoch from its stored original tokens
     verify_checksums: bool = True  # check each shard's sha256 against the manifest when it is read
     skip_bad_shards: bool = False  # skip (and count) unreadable shards instead of stopping
