@@ -261,6 +261,20 @@ def mean_std(stats: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{stats['mean']:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
+def test_protocol(tune: dict[str, Any]) -> str:
+    """How the classifier was scored: a run of the current benchmark records its split sizes (the demo's split);
+    an earlier run scored on paragraphs of other files."""
+    if "train_examples" in tune:
+        return (
+            f"split as the demo splits it ({tune['train_examples']} to train, {tune['validation_examples']} to choose "
+            f"the epoch), scored once on {tune['test_examples']} test paragraphs the pretraining corpus leaves out"
+        )
+    return (
+        f"epoch chosen on the demo's validation split, scored on {tune['test_examples']} test paragraphs from files "
+        f"the corpus leaves out"
+    )
+
+
 def learning(results: Path) -> list[str]:
     run = json.loads((results / "learning.json").read_text())
     arms = {name: run["arms"][name]["summary"] for name in LEARNING_ARMS if name in run["arms"]}
@@ -302,8 +316,7 @@ def learning(results: Path) -> list[str]:
         f"sequences ({run['sequences']:,}); ours on {run['ours_ranks']} CPU ranks, the peer in one process with "
         f"{run['peer_threads']} threads; {len(seeds)} seed(s), mean ± std. "
         f"Held out: {run['dataset']['validation_samples']:,} pairs. Classifier: {tune['epochs']} epochs, "
-        f"split as the demo splits it, epoch chosen on the validation split, scored once on {tune['test_examples']} "
-        f"test paragraphs the pretraining corpus leaves out (majority class {tune['majority_share']:.3f}). "
+        f"{test_protocol(tune)} (majority class {tune['majority_share']:.3f}). "
         "`benchmarks/results/learning.json`, `learning.png`.",
         "",
         *table(
