@@ -4,7 +4,6 @@ when no launcher set the rank variables."""
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import socket
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from pipeline.logs import prints_to_debug
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,8 @@ def init_distributed() -> tuple[int, int, bool]:
     on_gpu = get_accelerator().device_name() == "cuda"
     if on_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    printed = io.StringIO()  # on CPU each rank prints that DeepSpeed's communication op loaded: debug log only
-    with contextlib.redirect_stdout(printed):
+    with prints_to_debug(log):  # on CPU each rank prints that DeepSpeed's communication op loaded
         deepspeed.init_distributed(dist_backend=None if on_gpu else "gloo", auto_mpi_discovery=False)
-    if printed.getvalue().strip():
-        log.debug("%s", printed.getvalue().strip())
     if not on_gpu and dist.get_world_size() > 1:
         dist.barrier()  # every rank has mapped its peers' segments: the names are no longer needed
         unlink_cpu_allreduce_segment(dist.get_rank())

@@ -7,9 +7,12 @@ uploads) travel as environment variables, which those processes inherit."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 OWN_LOGGERS = ("pipeline", "preprocessing", "model")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -84,3 +87,16 @@ def announce(message: str) -> None:
     echoes these lines (logger `pipeline.phase`) while a step runs."""
     if os.environ.get("RANK", "0") == "0":
         PHASES.info("%s", message)
+
+
+@contextlib.contextmanager
+def prints_to_debug(logger: logging.Logger) -> Iterator[None]:
+    """What an engine prints (stdout and stderr: steps of its work, progress bars) while the block runs goes to
+    `logger` at DEBUG instead of the output."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        if printed.getvalue().strip():
+            logger.debug("%s", printed.getvalue().strip())

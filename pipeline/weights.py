@@ -4,8 +4,6 @@ consolidated to fp32 whatever ZeRO stage and world size wrote it."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 from model.checkpoint import CheckpointError, load_weights
 from model.config import BertConfig
 from pipeline import checkpointing
+from pipeline.logs import prints_to_debug
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +60,8 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
         return {name: tensor.float() for name, tensor in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    # It prints each step of its work and a progress bar; those lines go to the debug log instead.
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        weights = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-    log.debug("%s", printed.getvalue().strip())
-    return weights
+    with prints_to_debug(log):  # it prints each step of its work and a progress bar
+        return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
 
 
 def load_initial_weights(model: torch.nn.Module, source: str | Path) -> None:
