@@ -255,12 +255,17 @@ def test_a_record_over_several_steps_holds_their_mean_loss_and_pooled_accuracy(p
 
 
 def test_the_default_output_bias_starts_at_the_unigram_loss(reference_run, pretraining_dataset, tmp_path):
+    """Before any update the model scores the unigram guess's loss at the held-out [MASK] positions (a run
+    whose one step has learning rate 0 evaluates its initial weights); from BERT's zero bias the first loss
+    is far above it."""
     output = tmp_path / "run"
-    result = run_single(pretraining_dataset, output, "--set", "train_steps=2", "--set", "warmup_steps=1")
+    frozen = ("--set", "train_steps=1", "--set", "warmup_steps=0", "--set", "deepspeed.optimizer.params.lr=0")
+    result = run_single(pretraining_dataset, output, *frozen)
     assert result.returncode == 0, result.stderr[-3000:]
-    first = training_steps(output)[0]["mlm_loss"]
-    unigram = [r for r in metrics(output) if "eval_mask_unigram_loss" in r][-1]["eval_mask_unigram_loss"]
-    assert abs(first - unigram) < 0.3, (first, unigram)
+    evaluation = [r for r in metrics(output) if "eval_mask_unigram_loss" in r][-1]
+    unigram = evaluation["eval_mask_unigram_loss"]
+    # the rest of the network adds small random logits to the bias: a little above, never far
+    assert 0 <= evaluation["eval_mask_loss"] - unigram < 0.1, (evaluation["eval_mask_loss"], unigram)
     from_zeros = training_steps(reference_run)[0]["mlm_loss"]  # the same data from BERT's zero bias
     assert from_zeros > unigram + 1.0, (from_zeros, unigram)
 
