@@ -34,7 +34,7 @@ from pipeline.demo.steps import (
 )
 
 SMALL = SIZES["small"]
-RUNS = plan_runs(SMALL.finetune_fractions, SMALL.finetune_seeds)
+RUNS = plan_runs(SMALL.finetune_fractions, SMALL.finetune_seeds, SMALL.finetune_learning_rates)
 STEP_LOGS = ["vocabulary", "preprocess", "pretrain", *(run.name for run in RUNS)]
 
 

@@ -18,6 +18,7 @@ from pipeline.demo.downstream import (
     apportion,
     carve_test,
     carve_validation,
+    choose_learning_rates,
     compare,
     corpus_without,
     majority_share,
@@ -113,24 +114,33 @@ def test_subsets_are_exact_deterministic_per_seed_and_nested_across_fractions():
     assert subset_indices(labels, 1.0, 2) == list(range(384))
 
 
-def test_the_plan_runs_both_arms_on_every_fraction_and_seed_and_registers_one():
-    runs = plan_runs((0.1, 0.3, 1.0), 3)
-    assert len(runs) == 18 and len({r.name for r in runs}) == 18
-    assert Counter((r.fraction, r.seed) for r in runs) == {(f, s): 2 for f in (0.1, 0.3, 1.0) for s in range(3)}
-    assert [(r.arm, r.fraction, r.seed) for r in runs if r.registered] == [("pretrained", 1.0, 0)]
-    assert runs[0].name == "finetune-pretrained-10pct-seed0"
+def test_the_plan_runs_both_arms_on_every_fraction_seed_and_learning_rate_and_registers_seed_0_at_100pct():
+    runs = plan_runs((0.1, 0.3, 1.0), 3, (3e-4, 1e-3))
+    assert len(runs) == 36 and len({r.name for r in runs}) == len({r.label for r in runs}) == 36
+    assert Counter((r.fraction, r.seed) for r in runs) == {(f, s): 4 for f in (0.1, 0.3, 1.0) for s in range(3)}
+    registered = [(r.arm, r.fraction, r.seed, r.learning_rate) for r in runs if r.registered]
+    assert registered == [("pretrained", 1.0, 0, 3e-4), ("pretrained", 1.0, 0, 1e-3)]
+    assert runs[0].name == "finetune-pretrained-10pct-lr0.0003-seed0"
+    assert [r.seed for r in runs] == sorted(r.seed for r in runs)  # seed by seed
     with pytest.raises(ValueError, match="at least one seed"):
-        plan_runs((1.0,), 0)
+        plan_runs((1.0,), 0, (3e-4,))
+    with pytest.raises(ValueError, match="learning rates must increase"):
+        plan_runs((1.0,), 1, (1e-3, 3e-4))
+    with pytest.raises(ValueError, match="positive"):
+        plan_runs((1.0,), 1, ())
 
 
 def test_demo_sizes_are_checked():
     assert SIZES["full"].finetune_fractions == (0.1, 0.3, 1.0) and SIZES["full"].finetune_seeds == 3
+    assert SIZES["full"].finetune_learning_rates == (3e-4, 1e-3)
     assert SIZES["small"].finetune_seeds == 1 and SIZES["small"].finetune_fractions[-1] == 1.0
     fields = {**asdict(SIZES["small"]), "finetune_fractions": (0.5,)}
     with pytest.raises(ValueError, match=r"must include 1\.0"):
         DemoSize(**fields)
     with pytest.raises(ValueError, match="must increase"):
         DemoSize(**{**fields, "finetune_fractions": (1.0, 0.5)})
+    with pytest.raises(ValueError, match="learning rates"):
+        DemoSize(**{**asdict(SIZES["small"]), "finetune_learning_rates": ()})
 
 
 def test_task_files_and_commands_give_both_arms_the_same_examples(tmp_path):
@@ -164,11 +174,12 @@ def test_task_files_and_commands_give_both_arms_the_same_examples(tmp_path):
     assert [s.name for s in steps[:3]] == ["vocabulary", "preprocess", "pretrain"]
     assert option(steps[0].command, "--input") == option(steps[1].command, "--input") == str(layout.corpus)
     tuning = [s for s in steps if s.run is not None]
-    assert len(tuning) == 18
+    assert len(tuning) == 36
     by_pair: dict[tuple[float, int], dict[str, list[str]]] = {}
     for step in tuning:
         command, run = step.command, step.run
         by_pair.setdefault((run.fraction, run.seed), {})[run.arm] = command
+        assert option(command, "--learning-rate") == str(run.learning_rate)
         assert option(command, "--validation") == str(layout.task_validation)
         assert option(command, "--test") == str(layout.task_test)
         assert option(command, "--seed") == str(run.seed)
@@ -195,13 +206,48 @@ def test_spread_is_the_mean_and_sample_std():
         spread([])
 
 
-def results(table: dict[float, list[tuple[float, float]]]) -> list[RunResult]:
-    """{fraction: [(pretrained, scratch) per seed]} as RunResults."""
+def results(table: dict[float, list[tuple[float, float]]], learning_rate: float = 3e-4) -> list[RunResult]:
+    """{fraction: [(pretrained, scratch) per seed]} as RunResults at one learning rate, each with a validation
+    accuracy equal to its test accuracy."""
     out = []
     for fraction, pairs in table.items():
         for seed, pair in enumerate(pairs):
-            out += [RunResult(arm, fraction, seed, accuracy) for arm, accuracy in zip(ARMS, pair, strict=True)]
+            out += [
+                RunResult(arm, fraction, seed, learning_rate, accuracy, accuracy)
+                for arm, accuracy in zip(ARMS, pair, strict=True)
+            ]
     return out
+
+
+def test_each_arm_is_compared_at_the_learning_rate_its_validation_accuracy_prefers():
+    """Random weights do best at the higher rate, the pretrained model at the lower one: each arm is scored at
+    its own choice, made on validation alone (the test accuracies would choose otherwise for the scratch arm)."""
+
+    def run(arm: str, seed: int, rate: float, validation: float, test: float) -> RunResult:
+        return RunResult(arm, 1.0, seed, rate, validation, test)
+
+    runs = [
+        run("pretrained", 0, 3e-4, 0.90, 0.82),
+        run("pretrained", 1, 3e-4, 0.88, 0.84),
+        run("pretrained", 0, 1e-3, 0.85, 0.90),
+        run("pretrained", 1, 1e-3, 0.86, 0.90),
+        run("scratch", 0, 3e-4, 0.80, 0.95),
+        run("scratch", 1, 3e-4, 0.84, 0.95),
+        run("scratch", 0, 1e-3, 0.91, 0.88),
+        run("scratch", 1, 1e-3, 0.89, 0.86),
+    ]
+    assert choose_learning_rates(runs) == {("pretrained", 1.0): 3e-4, ("scratch", 1.0): 1e-3}
+    (comparison,) = compare(runs, {1.0: 307})
+    assert comparison.learning_rates == {"pretrained": 3e-4, "scratch": 1e-3}
+    assert comparison.pretrained.mean == pytest.approx(0.83) and comparison.scratch.mean == pytest.approx(0.87)
+    assert comparison.gap_points.mean == pytest.approx(-4.0)
+    # a tie in mean validation accuracy goes to the smaller rate
+    tied = [run("scratch", 0, 1e-3, 0.9, 0.9), run("scratch", 0, 3e-4, 0.9, 0.8)]
+    assert choose_learning_rates(tied) == {("scratch", 1.0): 3e-4}
+    with pytest.raises(ValueError, match="different seeds"):
+        choose_learning_rates([run("scratch", 0, 3e-4, 0.9, 0.9), run("scratch", 1, 1e-3, 0.9, 0.9)])
+    with pytest.raises(ValueError, match="two results"):
+        choose_learning_rates([run("scratch", 0, 3e-4, 0.9, 0.9)] * 2)
 
 
 def test_the_gap_is_the_mean_and_std_of_the_per_seed_differences():
@@ -246,11 +292,11 @@ def test_one_seed_has_no_spread_and_the_verdict_says_so():
 
 def test_unpaired_or_repeated_results_are_refused():
     with pytest.raises(ValueError, match="different seeds"):
-        compare([RunResult("pretrained", 1.0, 0, 0.8)], {1.0: 384})
+        compare([RunResult("pretrained", 1.0, 0, 3e-4, 0.8, 0.8)], {1.0: 384})
     with pytest.raises(ValueError, match="two results"):
         compare(results({1.0: [(0.8, 0.7)]}) * 2, {1.0: 384})
     with pytest.raises(ValueError, match="unknown arm"):
-        compare([RunResult("warm", 1.0, 0, 0.8)], {1.0: 384})
+        compare([RunResult("warm", 1.0, 0, 3e-4, 0.8, 0.8)], {1.0: 384})
 
 
 def test_percent_names_fractions():
@@ -291,6 +337,7 @@ def synthetic_summary(layout: DemoLayout, table: dict[float, list[tuple[float, f
             "arm": r.arm,
             "fraction": r.fraction,
             "seed": r.seed,
+            "learning_rate": r.learning_rate,
             "train_examples": sizes[r.fraction],
             "test_accuracy": r.test_accuracy,
             "test_macro_f1": r.test_accuracy - 0.01,
@@ -321,6 +368,7 @@ def synthetic_summary(layout: DemoLayout, table: dict[float, list[tuple[float, f
             "test_majority_share": 0.5,
             "fractions": sorted(table),
             "seeds": list(range(len(next(iter(table.values()))))),
+            "learning_rates": [3e-4],
             "by_fraction": [comparison_figures(c) for c in comparisons],
             "verdict": verdict(comparisons),
             "registered_run": registered,
@@ -354,7 +402,7 @@ def synthetic_summary(layout: DemoLayout, table: dict[float, list[tuple[float, f
             "vocabulary": 2.0,
             "preprocess": 5.0,
             "pretrain": 337.0,
-            **{r.name: 10.0 + i for i, r in enumerate(plan_runs(sorted(table), 3))},
+            **{r.name: 10.0 + i for i, r in enumerate(plan_runs(sorted(table), 3, (3e-4,)))},
         },
     }
 
@@ -430,3 +478,14 @@ def test_the_report_links_the_mlflow_pages_of_the_runs_and_models(tmp_path):
     assert pages["pretraining runs"] == f"http://host:5000/#/experiments/{experiment.experiment_id}/runs"
     assert "fine-tuning runs" not in pages  # no such experiment in this store
     assert pages["registered model bert-demo"] == "http://host:5000/#/models/bert-demo"
+
+
+def test_the_report_names_each_arms_chosen_learning_rate_when_there_was_a_choice(tmp_path):
+    summary = synthetic_summary(DemoLayout(tmp_path), {1.0: [(0.8, 0.7), (0.82, 0.72)]})
+    summary["finetuning"]["learning_rates"] = [3e-4, 1e-3]
+    summary["finetuning"]["by_fraction"][0]["learning_rates"] = {"pretrained": 3e-4, "scratch": 1e-3}
+    lines = summary_table(json.loads(json.dumps(summary))).splitlines()
+    assert "| 100% (384) | 0.810 ± 0.014 (lr 0.0003) | 0.710 ± 0.014 (lr 0.001) | +10.0 ± 0.0 |" in lines
+    assert any(
+        "the learning rate (of 0.0003, 0.001; the mean validation accuracy over seeds decides" in line for line in lines
+    )

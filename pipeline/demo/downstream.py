@@ -1,9 +1,12 @@
 """The demo's downstream experiment as pure functions: the labelled task split into training and validation
-examples, the seeded subsets of the training examples for each fraction, the plan of fine-tuning runs, and
-the test accuracies aggregated over seeds into means, spreads and the pretrained-minus-scratch gap.
+examples, the seeded subsets of the training examples for each fraction, the plan of fine-tuning runs, the
+learning rate of each arm chosen on validation, and the test accuracies aggregated over seeds into means,
+spreads and the pretrained-minus-scratch gap.
 
 Both arms of a (fraction, seed) pair train on the same subset; the gap is taken per seed and then
-summarised, so its spread is the spread of the paired differences."""
+summarised, so its spread is the spread of the paired differences. Each arm runs at every learning rate of
+the plan and is compared at the one its validation accuracy prefers: random weights and pretrained weights
+want different rates, and one shared rate would decide the comparison before it is made."""
 
 from __future__ import annotations
 
@@ -127,26 +130,43 @@ class FinetuneRun:
     arm: str  # one of ARMS
     fraction: float  # of the training examples
     seed: int
+    learning_rate: float
+
+    @property
+    def label(self) -> str:
+        """`<arm>-<percent>pct-lr<rate>-seed<seed>`: the run's directory and MLflow run name."""
+        return f"{self.arm}-{percent(self.fraction)}pct-lr{self.learning_rate:g}-seed{self.seed}"
 
     @property
     def name(self) -> str:
         """The step's and its log's name."""
-        return f"finetune-{self.arm}-{percent(self.fraction)}pct-seed{self.seed}"
+        return f"finetune-{self.label}"
 
     @property
     def registered(self) -> bool:
-        """The one run registered as the demo's classifier: from the pretrained model, every training
-        example, the first seed."""
+        """The runs registered as the demo's classifier: from the pretrained model, every training example,
+        the first seed, one per learning rate; the registry's champion rule (validation accuracy) picks
+        among them."""
         return self.arm == "pretrained" and self.fraction == 1.0 and self.seed == 0
 
 
-def plan_runs(fractions: Sequence[float], seeds: int) -> list[FinetuneRun]:
-    """Every (seed, fraction, arm), seed by seed: an interrupted demo has whole seeds."""
+def plan_runs(fractions: Sequence[float], seeds: int, learning_rates: Sequence[float]) -> list[FinetuneRun]:
+    """Every (seed, fraction, arm, learning rate), seed by seed: an interrupted demo has whole seeds."""
     for fraction in fractions:
         check_fraction(fraction)
     if seeds < 1:
         raise ValueError(f"at least one seed is needed, got {seeds}")
-    return [FinetuneRun(arm, f, s) for s in range(seeds) for f in fractions for arm in ARMS]
+    check_learning_rates(learning_rates)
+    return [
+        FinetuneRun(arm, f, s, rate) for s in range(seeds) for f in fractions for arm in ARMS for rate in learning_rates
+    ]
+
+
+def check_learning_rates(learning_rates: Sequence[float]) -> None:
+    if not learning_rates or any(not rate > 0 for rate in learning_rates):
+        raise ValueError(f"the fine-tuning learning rates must be one or more positive numbers: {learning_rates}")
+    if list(learning_rates) != sorted(set(learning_rates)):
+        raise ValueError(f"the fine-tuning learning rates must increase, without repeats: {learning_rates}")
 
 
 @dataclass(frozen=True)
@@ -154,7 +174,31 @@ class RunResult:
     arm: str
     fraction: float
     seed: int
+    learning_rate: float
+    validation_accuracy: float  # of the epoch it chose: what the learning rate is chosen by
     test_accuracy: float
+
+
+def choose_learning_rates(results: Iterable[RunResult]) -> dict[tuple[str, float], float]:
+    """For each (arm, fraction), the learning rate whose runs have the highest mean validation accuracy over
+    seeds (a tie goes to the smaller rate). Every rate of a pair needs the same seeds, so the means compare
+    like with like."""
+    accuracy: dict[tuple[str, float], dict[float, dict[int, float]]] = {}
+    for result in results:
+        by_seed = accuracy.setdefault((result.arm, result.fraction), {}).setdefault(result.learning_rate, {})
+        if result.seed in by_seed:
+            raise ValueError(
+                f"two results for {result.arm}, fraction {result.fraction}, learning rate {result.learning_rate:g}, "
+                f"seed {result.seed}"
+            )
+        by_seed[result.seed] = result.validation_accuracy
+    chosen = {}
+    for key, by_rate in accuracy.items():
+        seeds = {rate: sorted(by_seed) for rate, by_seed in by_rate.items()}
+        if len({tuple(s) for s in seeds.values()}) > 1:
+            raise ValueError(f"{key[0]}, fraction {key[1]}: the learning rates ran different seeds: {seeds}")
+        chosen[key] = max(sorted(by_rate), key=lambda rate: (statistics.fmean(by_rate[rate].values()), -rate))
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -173,13 +217,15 @@ def spread(values: Sequence[float]) -> Spread:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Test accuracy of both arms at one fraction, over seeds, and their gap in accuracy points."""
+    """Test accuracy of both arms at one fraction, each at its chosen learning rate, over seeds, and their gap
+    in accuracy points."""
 
     fraction: float
     train_examples: int
     pretrained: Spread
     scratch: Spread
     gap_points: Spread  # 100 * (pretrained - scratch), over the per-seed differences
+    learning_rates: dict[str, float]  # per arm, chosen on validation (choose_learning_rates)
 
     @property
     def clear(self) -> bool | None:
@@ -190,14 +236,18 @@ class Comparison:
 
 
 def compare(results: Iterable[RunResult], train_examples: Mapping[float, int]) -> list[Comparison]:
-    """One Comparison per fraction, in increasing order. Each fraction needs both arms on the same seeds."""
-    accuracy: dict[float, dict[str, dict[int, float]]] = {}
+    """One Comparison per fraction, in increasing order, each arm at the learning rate chosen on validation.
+    Each fraction needs both arms on the same seeds."""
+    results = list(results)
     for result in results:
         if result.arm not in ARMS:
             raise ValueError(f"unknown arm {result.arm!r}; the arms are {ARMS}")
+    chosen = choose_learning_rates(results)
+    accuracy: dict[float, dict[str, dict[int, float]]] = {}
+    for result in results:
+        if result.learning_rate != chosen[(result.arm, result.fraction)]:
+            continue
         by_seed = accuracy.setdefault(result.fraction, {arm: {} for arm in ARMS})[result.arm]
-        if result.seed in by_seed:
-            raise ValueError(f"two results for {result.arm}, fraction {result.fraction}, seed {result.seed}")
         by_seed[result.seed] = result.test_accuracy
     comparisons = []
     for fraction in sorted(accuracy):
@@ -215,6 +265,7 @@ def compare(results: Iterable[RunResult], train_examples: Mapping[float, int]) -
                 pretrained=spread([pretrained[s] for s in seeds]),
                 scratch=spread([scratch[s] for s in seeds]),
                 gap_points=spread([100 * (pretrained[s] - scratch[s]) for s in seeds]),
+                learning_rates={arm: chosen[(arm, fraction)] for arm in ARMS},
             )
         )
     return comparisons

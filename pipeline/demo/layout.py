@@ -6,7 +6,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.demo.downstream import FinetuneRun, check_fraction, percent
+from pipeline.demo.downstream import FinetuneRun, check_fraction, check_learning_rates, percent
 
 ROOT = Path(__file__).resolve().parents[2]
 PYDOCS = ROOT / "tests" / "data" / "pydocs"
@@ -25,7 +25,7 @@ class DemoSize:
     pretrain_steps: int
     eval_every: int  # pretraining steps between held-out evaluations (each improving one is registered)
     finetune_epochs: int
-    finetune_learning_rate: float
+    finetune_learning_rates: tuple[float, ...]  # each arm runs at every one, and is compared at its best on validation
     finetune_fractions: tuple[float, ...]  # of the labelled training examples; 1.0 among them
     finetune_seeds: int  # each (fraction, arm) is fine-tuned with seeds 0 .. finetune_seeds - 1
 
@@ -36,6 +36,7 @@ class DemoSize:
             raise ValueError("the fractions must include 1.0: that run is the one registered")
         if list(self.finetune_fractions) != sorted(set(self.finetune_fractions)):
             raise ValueError(f"the fractions must increase, without repeats: {self.finetune_fractions}")
+        check_learning_rates(self.finetune_learning_rates)
         if self.finetune_seeds < 1:
             raise ValueError(f"at least one fine-tuning seed is needed, got {self.finetune_seeds}")
 
@@ -47,7 +48,7 @@ SIZES = {
         pretrain_steps=2000,
         eval_every=500,
         finetune_epochs=8,
-        finetune_learning_rate=3e-4,
+        finetune_learning_rates=(3e-4, 1e-3),
         finetune_fractions=(0.1, 0.3, 1.0),
         finetune_seeds=3,
     ),
@@ -57,7 +58,7 @@ SIZES = {
         pretrain_steps=12,
         eval_every=6,
         finetune_epochs=1,
-        finetune_learning_rate=3e-4,
+        finetune_learning_rates=(3e-4,),
         finetune_fractions=(0.5, 1.0),
         finetune_seeds=1,
     ),
@@ -127,7 +128,7 @@ class DemoLayout:
 
     def finetune_run(self, run: FinetuneRun) -> Path:
         """One run's output; its name is also the MLflow run's name, so it names the arm."""
-        return self.finetune / f"{run.arm}-{percent(run.fraction)}pct-seed{run.seed}"
+        return self.finetune / run.label
 
     @property
     def mlflow(self) -> Path:

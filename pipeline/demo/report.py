@@ -78,9 +78,12 @@ def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, 
     champion_tags = next(v["tags"] for v in registry[REGISTERED_MODEL]["versions"] if v["version"] == champion)
     finished = [run_figures(layout, run) for run in runs]
     train_examples = {figures["fraction"]: figures["train_examples"] for figures in finished}
-    results = [RunResult(f["arm"], f["fraction"], f["seed"], f["test_accuracy"]) for f in finished]
+    results = [
+        RunResult(f["arm"], f["fraction"], f["seed"], f["learning_rate"], f["validation_accuracy"], f["test_accuracy"])
+        for f in finished
+    ]
     comparisons = compare(results, train_examples)
-    registered = next(f for f, run in zip(finished, runs, strict=True) if run.registered)
+    registered = registered_champion(finished, registry[CLASSIFIER_MODEL]["aliases"].get(CHAMPION))
     test_labels = read_labels(layout.task_test)
     return {
         "corpus": {
@@ -115,6 +118,7 @@ def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, 
             "test_majority_share": majority_share(test_labels),
             "fractions": sorted(train_examples),
             "seeds": sorted({run.seed for run in runs}),
+            "learning_rates": sorted({run.learning_rate for run in runs}),
             "by_fraction": [comparison_figures(c) for c in comparisons],
             "verdict": verdict(comparisons),
             "registered_run": registered,
@@ -139,6 +143,16 @@ def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, 
     }
 
 
+def registered_champion(finished: Sequence[dict[str, Any]], champion: int | None) -> dict[str, Any]:
+    """The figures of the run whose registered version is the classifier's champion (the registry's rule
+    chose it on validation among the registered runs, one per learning rate)."""
+    uri = f"models:/{CLASSIFIER_MODEL}/{champion}"
+    found = [f for f in finished if f["registered"] and f["registered"].split(" ")[0] == uri]
+    if not found:
+        raise ValueError(f"no fine-tuning run registered {uri}, the champion of {CLASSIFIER_MODEL}")
+    return found[0]
+
+
 def run_figures(layout: DemoLayout, run: FinetuneRun) -> dict[str, Any]:
     """One fine-tuning run: its test figures (the epoch chosen on validation) and its curve."""
     directory = layout.finetune_run(run)
@@ -147,6 +161,7 @@ def run_figures(layout: DemoLayout, run: FinetuneRun) -> dict[str, Any]:
         "arm": run.arm,
         "fraction": run.fraction,
         "seed": run.seed,
+        "learning_rate": run.learning_rate,
         "train_examples": summary["counts"]["train_examples"],
         "test_accuracy": summary["test"]["accuracy"],
         "test_macro_f1": summary["test"]["macro_f1"],
@@ -165,6 +180,7 @@ def comparison_figures(comparison: Comparison) -> dict[str, Any]:
         "train_examples": comparison.train_examples,
         **{arm: asdict(getattr(comparison, arm)) for arm in ARMS},
         "gap_points": asdict(comparison.gap_points),
+        "learning_rates": comparison.learning_rates,
         "gap_exceeds_twice_std": comparison.clear,
     }
 
@@ -255,29 +271,43 @@ def finetuning_lines(summary: dict[str, Any]) -> list[str]:
     spread_note = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
     registered = tune["registered_run"]
     epochs = f"{tune['epochs']} epoch{'s' if tune['epochs'] > 1 else ''}"
+    rates = tune["learning_rates"]
+    if len(rates) > 1:
+        choice = (
+            f"the best of {epochs} and, for each arm and amount of data, the learning rate (of "
+            f"{', '.join(f'{r:g}' for r in rates)}; the mean validation accuracy over seeds decides, shown in "
+            "brackets)"
+        )
+    else:
+        choice = f"the best of {epochs} (learning rate {rates[0]:g})"
     lines = [
         f"Fine-tuning ({tune['task']}): {examples['labelled']} labelled paragraphs; {examples['test']} "
         f"({percent(tune['test_fraction'])}%, by label) are the test set, scored once per run and left out of the "
         f"pretraining corpus, {examples['validation']} of the rest ({percent(tune['validation_fraction'])}%) choose "
-        f"the best of {epochs} and {examples['train']} are for training. Test accuracy, {spread_note}; both "
-        f"columns of a row train on the same examples.",
+        f"{choice}, and {examples['train']} are for training. Test accuracy, {spread_note}; both columns of a "
+        f"row train on the same examples.",
         "",
         f"| labelled training examples | from `models:/{champion['name']}@champion` (version {champion['version']}, "
         f"step {champion['step']}) | from random weights | gap, accuracy points |",
         "|---|---:|---:|---:|",
     ]
     for row in tune["by_fraction"]:
+        pretrained, scratch = (
+            accuracy_cell(row[arm]) + (f" (lr {row['learning_rates'][arm]:g})" if len(rates) > 1 else "")
+            for arm in ARMS
+        )
         lines.append(
-            f"| {percent(row['fraction'])}% ({row['train_examples']}) | {accuracy_cell(row['pretrained'])} | "
-            f"{accuracy_cell(row['scratch'])} | {gap_cell(row['gap_points'])} |"
+            f"| {percent(row['fraction'])}% ({row['train_examples']}) | {pretrained} | {scratch} | "
+            f"{gap_cell(row['gap_points'])} |"
         )
     lines += [
         f"| majority class | {tune['test_majority_share']:.3f} | {tune['test_majority_share']:.3f} | |",
         "",
         tune["verdict"],
         "",
-        f"The run registered as `{CLASSIFIER_MODEL}` (100%, seed {registered['seed']}, from the pretrained "
-        f"model): test accuracy {registered['test_accuracy']:.3f}, macro-F1 {registered['test_macro_f1']:.3f}, "
+        f"The champion of `{CLASSIFIER_MODEL}` (100%, seed {registered['seed']}, learning rate "
+        f"{registered['learning_rate']:g}, from the pretrained model; of the runs registered, the best on "
+        f"validation): test accuracy {registered['test_accuracy']:.3f}, macro-F1 {registered['test_macro_f1']:.3f}, "
         f"epoch {registered['best_epoch']} chosen on validation ({registered['validation_accuracy']:.3f}).",
     ]
     return lines
@@ -309,7 +339,7 @@ def summary_table(summary: dict[str, Any]) -> str:
         f"| registered pretrained model | `models:/{REGISTERED_MODEL}@champion` = version {champion['version']} of "
         f"{len(registry[REGISTERED_MODEL]['versions'])} |",
         f"| the task's test, validation, training and subset files | `{artefacts['task_files']}` |",
-        f"| fine-tuning runs (`<arm>-<percent>pct-seed<seed>`) | `{artefacts['finetuning_runs']}` |",
+        f"| fine-tuning runs (`<arm>-<percent>pct-lr<rate>-seed<seed>`) | `{artefacts['finetuning_runs']}` |",
         f"| registered classifier | `models:/{CLASSIFIER_MODEL}@champion` = version "
         f"{classifier_aliases.get(CHAMPION, '-')}, `{artefacts['registered_classifier']}` |",
         f"| MLflow store (runs, metrics, models) | `{artefacts['mlflow_store']}` |",

@@ -115,7 +115,7 @@ def demo_steps(layout: DemoLayout, size: DemoSize) -> list[Step]:
         ),
     ]
     train_examples = training_examples(count_lines(CLASSIFY_TRAIN))
-    for run in plan_runs(size.finetune_fractions, size.finetune_seeds):
+    for run in plan_runs(size.finetune_fractions, size.finetune_seeds, size.finetune_learning_rates):
         examples = subset_size(train_examples, run.fraction)
         steps.append(
             Step(
@@ -138,7 +138,10 @@ def training_examples(labelled: int) -> int:
 
 def finetune_title(run: FinetuneRun, examples: int) -> str:
     start = f"models:/{REGISTERED_MODEL}@champion" if run.arm == "pretrained" else "random weights (baseline)"
-    title = f"classifier from {start}, {percent(run.fraction)}% of the training examples ({examples}), seed {run.seed}"
+    title = (
+        f"classifier from {start}, {percent(run.fraction)}% of the training examples ({examples}), learning rate "
+        f"{run.learning_rate:g}, seed {run.seed}"
+    )
     return title + (f", registered as {CLASSIFIER_MODEL}" if run.registered else "")
 
 
@@ -149,7 +152,7 @@ def finetune_command(layout: DemoLayout, size: DemoSize, run: FinetuneRun) -> li
     command += ["--train", str(layout.task_subset(run.fraction, run.seed))]
     command += ["--validation", str(layout.task_validation), "--test", str(layout.task_test)]
     command += ["--tracking-uri", layout.tracking_uri, "--seed", str(run.seed)]
-    command += ["--epochs", str(size.finetune_epochs), "--learning-rate", str(size.finetune_learning_rate)]
+    command += ["--epochs", str(size.finetune_epochs), "--learning-rate", str(run.learning_rate)]
     command += ["--batch-size", str(FINETUNE_BATCH_SIZE), "--max-seq-length", str(MAX_SEQ_LENGTH), "--log-every", "1"]
     if run.arm == "scratch":
         command.append("--from-scratch")
