@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from preprocessing.errors import BertpipeError, MissingInputError
+
 SAFETENSORS_NAME = "model.safetensors"
 PYTORCH_NAME = "pytorch_model.bin"
 ENCODER_PREFIX = "bert."
@@ -32,7 +34,7 @@ _BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 _LEGACY_RENAMES = ((".gamma", ".weight"), (".beta", ".bias"))
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BertpipeError, ValueError):
     """A checkpoint that does not fit the model it is loaded into."""
 
 
@@ -157,7 +159,7 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     pytorch_path = directory / PYTORCH_NAME
     if pytorch_path.is_file():
         return torch.load(pytorch_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"no {SAFETENSORS_NAME} or {PYTORCH_NAME} in {directory}; sharded checkpoints are not supported, "
         f"merge them into one file first"
     )

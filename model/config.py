@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import atomic_write_bytes
+from preprocessing.errors import BertpipeError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ _UNSUPPORTED_HF_SETTINGS: dict[str, Any] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(BertpipeError, ValueError):
     """A config value, or a combination of values, that cannot describe a BERT model."""
 
 
@@ -207,7 +208,7 @@ class BertConfig:
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> BertConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; is this a model directory?")
+            raise MissingInputError(f"no {CONFIG_NAME} in {directory}; is this a model directory?")
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:

@@ -19,6 +19,7 @@ from model.checkpoint import (
     save_weights,
 )
 from model.config import CONFIG_NAME, BertConfig
+from preprocessing.errors import OutputExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class PreTrainedMixin:
         directory = Path(directory)
         existing = [name for name in (CONFIG_NAME, SAFETENSORS_NAME) if (directory / name).exists()]
         if existing and not overwrite:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{directory} already holds {existing}; pass overwrite=True to replace them or choose a new directory"
             )
         save_weights(self.state_dict(), directory)  # type: ignore[attr-defined]

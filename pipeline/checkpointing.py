@@ -51,7 +51,10 @@ def latest_tag(directory: Path) -> str | None:
         return None
     tag = pointer.read_text(encoding="utf-8").strip()
     if not (directory / tag).is_dir():
-        raise FileNotFoundError(f"{pointer} names checkpoint {tag!r}, which is missing from {directory}")
+        raise CheckpointError(
+            f"{pointer} names checkpoint {tag!r}, which is missing from {directory}",
+            hint=f"write the tag of a complete checkpoint (a step directory in {directory}) into {pointer}",
+        )
     return tag
 
 
@@ -186,10 +189,10 @@ def load(engine: Any, directory: Path, tag: str) -> tuple[dict[str, Any], dict[s
         str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
     )
     if path is None:
-        raise FileNotFoundError(f"DeepSpeed could not load checkpoint {tag} from {directory}")
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {tag} from {directory}")
     state_file = rank_state_path(directory, tag, dist.get_rank())
     if not state_file.is_file():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{state_file} is missing: checkpoint {tag} was written by a run with fewer ranks or is incomplete"
         )
     return client_state or {}, load_tensors_only(state_file)

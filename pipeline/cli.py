@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from preprocessing.errors import BertpipeError, report
+
 Handler = Callable[[argparse.Namespace, list[str]], int]
 
 
@@ -204,8 +206,8 @@ def _export(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-class UsageError(Exception):
-    """A command line that cannot be carried out; printed without a traceback, exit code 2."""
+class UsageError(BertpipeError):
+    """A command line that cannot be carried out; exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -435,21 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, extra)
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except BertpipeError as error:  # anything else is a bug and keeps its traceback
         if args.verbose:
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        if args.verbose or not _is_reported_failure(err):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-
-
-def _is_reported_failure(error: RuntimeError) -> bool:
-    """Failures whose message says all there is to say (bad shards, a diverged run)."""
-    return type(error).__name__ in {"ShardError", "NonFiniteLossError", "CheckpointWriteError", "MetricsWriteError"}
+        return report(error)
 
 
 if __name__ == "__main__":

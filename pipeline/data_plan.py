@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from preprocessing.errors import BertpipeError
 from preprocessing.randomness import numpy_rng
 
 
-class PlanError(ValueError):
+class PlanError(BertpipeError, ValueError):
     """The dataset cannot feed the requested streams."""
 
 

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from model.config import BertConfig
+from preprocessing.errors import BertpipeError, MissingInputError
 from preprocessing.manifest import MANIFEST_NAME, Manifest, ManifestError, TokenizerInfo
 from preprocessing.storage import exists, join, read_bytes, read_json
 from preprocessing.tokenizer import VOCAB_TXT
@@ -14,16 +15,16 @@ from preprocessing.tokenizer import VOCAB_TXT
 log = logging.getLogger(__name__)
 
 
-class DatasetMismatch(ValueError):
+class DatasetMismatch(BertpipeError, ValueError):
     """The dataset and the model disagree; the message names both values."""
 
 
 def load_manifest(dataset_dir: str | Path) -> Manifest:
     path = join(str(dataset_dir), MANIFEST_NAME)
     if not exists(str(dataset_dir)):
-        raise FileNotFoundError(f"dataset directory {dataset_dir} does not exist; run `bertpipe preprocess` first")
+        raise MissingInputError(f"dataset directory {dataset_dir} does not exist; run `bertpipe preprocess` first")
     if not exists(path):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{dataset_dir} has no {MANIFEST_NAME}: not a finished dataset (an interrupted `bertpipe preprocess` "
             f"leaves none; rerun it into the same directory)"
         )
@@ -31,6 +32,11 @@ def load_manifest(dataset_dir: str | Path) -> Manifest:
         manifest = Manifest.from_dict(read_json(path), source=path)
     except ManifestError as error:
         raise DatasetMismatch(str(error)) from error
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise DatasetMismatch(
+            f"{path} is not a readable manifest ({error}); the dataset directory was altered after preprocessing",
+            hint="preprocess again",
+        ) from error
     check_vocabulary_file(str(dataset_dir), manifest)
     return manifest
 

@@ -19,12 +19,13 @@ from model import BertConfig, BertForPreTraining
 from model.checkpoint import CheckpointError
 from pipeline import checkpointing
 from pipeline.weights import CHECKPOINTS, checkpoint_tag_dir, consolidated_state_dict, model_states
+from preprocessing.errors import BertpipeError, MissingInputError, OutputExistsError
 from preprocessing.tokenizer import TOKENIZER_CONFIG, load_tokenizer, tokenizer_files
 
 EXPORT_INFO = "export_info.json"
 
 
-class ExportError(ValueError):
+class ExportError(BertpipeError, ValueError):
     """A checkpoint that cannot be exported as asked; the message says why."""
 
 
@@ -68,9 +69,12 @@ def export_checkpoint(
     """Write the HF directory `out` (atomically: a temporary sibling, then a rename)."""
     checkpoint, out = Path(checkpoint), Path(out)
     if not checkpoint.exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+        raise MissingInputError(
+            f"checkpoint {checkpoint} does not exist",
+            hint="--checkpoint takes a run's output directory, its checkpoints/ directory or a step directory",
+        )
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
+        raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
     tag_dir = select_tag_dir(checkpoint, tag)
     states = model_states(tag_dir)
     client_state = {k: states[k] for k in ("model_config", "dataset", "step", "world_size") if k in states}

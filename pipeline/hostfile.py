@@ -19,6 +19,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from preprocessing.errors import BertpipeError, report
+
 NODELIST_ENV = "SLURM_JOB_NODELIST"
 # Slurm refuses ranges longer than this (MAX_RANGE in hostlist.c); a typo such as n[1-100000000] should fail
 # with a message rather than exhaust memory.
@@ -26,8 +28,12 @@ MAX_RANGE = 64 * 1024
 _RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 
 
-def _malformed(nodelist: str, problem: str) -> ValueError:
-    return ValueError(f"malformed Slurm node list {nodelist!r}: {problem}")
+class HostfileError(BertpipeError, ValueError):
+    """A node list or host list that makes no hostfile; the message says what is wrong with it."""
+
+
+def _malformed(nodelist: str, problem: str) -> HostfileError:
+    return HostfileError(f"malformed Slurm node list {nodelist!r}: {problem}")
 
 
 def _split_top_level(nodelist: str) -> list[str]:
@@ -96,7 +102,7 @@ def expand_nodelist(nodelist: str) -> list[str]:
     """
     stripped = nodelist.strip()
     if not stripped:
-        raise ValueError(f"empty Slurm node list {nodelist!r}: expected names such as 'node1' or 'gpu[01-04]'")
+        raise HostfileError(f"empty Slurm node list {nodelist!r}: expected names such as 'node1' or 'gpu[01-04]'")
     hosts: list[str] = []
     for item in _split_top_level(stripped):
         name = item.strip()
@@ -114,15 +120,15 @@ def hostfile_text(hosts: list[str], slots: int) -> str:
     A repeated host would make DeepSpeed start two sets of ranks on one node, so it is refused rather than merged.
     """
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-        raise ValueError(f"slots must be a whole number of at least 1 (processes per node), got {slots!r}")
+        raise HostfileError(f"slots must be a whole number of at least 1 (processes per node), got {slots!r}")
     if not hosts:
-        raise ValueError("no hosts to write: the hostfile needs at least one")
+        raise HostfileError("no hosts to write: the hostfile needs at least one")
     seen: set[str] = set()
     for host in hosts:
         if not host or any(char.isspace() for char in host):
-            raise ValueError(f"host name {host!r} is empty or contains whitespace")
+            raise HostfileError(f"host name {host!r} is empty or contains whitespace")
         if host in seen:
-            raise ValueError(f"host {host!r} appears more than once; each node may be listed only once")
+            raise HostfileError(f"host {host!r} appears more than once; each node may be listed only once")
         seen.add(host)
     return "".join(f"{host} slots={slots}\n" for host in hosts)
 
@@ -178,9 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write("".join(f"{host}\n" for host in hosts))
             return 0
         text = hostfile_text(hosts, args.slots)
-    except ValueError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+    except BertpipeError as error:
+        return report(error, f"{parser.prog}: error")
     try:
         write_atomically(args.out, text)
     except OSError as error:

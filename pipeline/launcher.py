@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import hostfile as hostfiles
+from preprocessing.errors import BertpipeError, report
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
@@ -43,7 +44,7 @@ ENV_FILE = "launch.env"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK")
 
 
-class LaunchError(Exception):
+class LaunchError(BertpipeError):
     """A launch that cannot go ahead; the message says what to change. Exit code 2."""
 
 
@@ -205,11 +206,8 @@ def find_hostfile(job: Job, options: LaunchOptions, env: Mapping[str, str]) -> P
         if job.output is None:
             raise LaunchError("inside a Slurm allocation give --output DIR: the hostfile is written there")
         slots = options.gpus_per_node or slurm_gpus(env)
-        try:
-            hosts = hostfiles.expand_nodelist(env["SLURM_JOB_NODELIST"])
-            text = hostfiles.hostfile_text(hosts, slots)
-        except ValueError as error:
-            raise LaunchError(str(error)) from None
+        hosts = hostfiles.expand_nodelist(env["SLURM_JOB_NODELIST"])  # a HostfileError says what is wrong
+        text = hostfiles.hostfile_text(hosts, slots)
         job.output.mkdir(parents=True, exist_ok=True)
         path = job.output / "hostfile.slurm"
         hostfiles.write_atomically(str(path), text)
@@ -447,9 +445,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         else:
             check_remote_start(hosts, options)
             command = launcher_command(job, options, hostfile, hosts, script, python)
-    except LaunchError as error:
-        print(f"{script.name}: {error}", file=sys.stderr)
-        return 2
+    except BertpipeError as error:
+        return report(error, script.name)
     if options.print_command:
         print(shlex.join(command))
         return 0

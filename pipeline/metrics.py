@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from model.checkpoint import atomic_write_bytes
+from preprocessing.errors import BertpipeError
 
 FINGERPRINT_FIELDS = ("input_ids", "masked_lm_positions", "masked_lm_labels", "next_sentence_label")
 
@@ -30,8 +31,10 @@ def batch_fingerprint(batches: Iterable[dict[str, torch.Tensor]]) -> str:
     return digest.hexdigest()[:16]
 
 
-class MetricsWriteError(RuntimeError):
+class MetricsWriteError(BertpipeError, RuntimeError):
     """metrics.jsonl could not be appended to; the message names the file, the cause and what to do."""
+
+    exit_code = 1
 
 
 class JsonLines:

@@ -25,13 +25,14 @@ from model.config import BertConfig
 from pipeline.redaction import redact_credentials
 from pipeline.registry import DIGESTS_FILE, HF_ARTIFACT, directory_digests
 from pipeline.weights import checkpoint_tag_dir, model_config_of
+from preprocessing.errors import BertpipeError, MissingInputError
 
 REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 
 Kind = Literal["registry", "huggingface", "deepspeed"]
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(BertpipeError, ValueError):
     """A model name that leads nowhere; the message says what was tried."""
 
 
@@ -63,7 +64,7 @@ def resolve_model(spec: str, tracking_uri: str | None = None) -> ResolvedModel:
         raise ModelSourceError(f"{spec!r} is not a registry URI; write models:/NAME@ALIAS or models:/NAME/VERSION")
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"model {spec}: no such directory (nor a models:/ registry URI)")
+        raise MissingInputError(f"model {spec}: no such directory (nor a models:/ registry URI)")
     tag_dir = checkpoint_tag_dir(path)
     if tag_dir is not None:
         return ResolvedModel(spec, "deepspeed", tag_dir)

@@ -33,6 +33,7 @@ from pipeline.schedule import Schedule
 from pipeline.tracking import EXIT_NOT_REGISTERED, RunTracker, code_version, open_run
 from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
 from pipeline.weights import load_initial_weights, model_config_of
+from preprocessing.errors import BertpipeError
 from preprocessing.manifest import Manifest
 from preprocessing.storage import absolute
 
@@ -45,8 +46,10 @@ TRACKING_OFF = "off"
 UNIGRAM_SAMPLES = 100_000  # training samples whose targets estimate the unigram baseline
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(BertpipeError, RuntimeError):
     """Too many consecutive non-finite losses; the message names the step."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,20 @@ def resolve_model_config(train: TrainConfig, manifest: Manifest, init_from: str 
     return BertConfig.from_preset(train.model, **overrides)
 
 
+def check_attention_init(train: TrainConfig, config: BertConfig) -> None:
+    """`attention_init: local` keeps at least one head local and needs sinusoids of an even width."""
+    if train.attention_init != "local":
+        return
+    heads = config.num_attention_heads
+    if not 0 <= train.global_attention_heads < heads:
+        raise TrainConfigError(
+            f"global_attention_heads must be in 0..{heads - 1} (the model has {heads} heads), not "
+            f"{train.global_attention_heads}"
+        )
+    if config.hidden_size % 2:
+        raise TrainConfigError(f"attention_init 'local' needs an even hidden_size, not {config.hidden_size}")
+
+
 def check_output(output: Path, resume: str) -> str | None:
     """The checkpoint tag to resume from; refuses to start over a run that exists without --resume auto."""
     checkpoints = output / CHECKPOINTS
@@ -124,6 +141,7 @@ class Trainer:
         self.init_from = str(resolve_model(request.init_from, registry_uri).path) if request.init_from else None
         self.model_config = resolve_model_config(self.train, self.manifest, self.init_from)
         check_against_model(self.manifest, self.model_config)
+        check_attention_init(self.train, self.model_config)
         if self.init_from:
             check_init_tokenizer(self.manifest, self.init_from)
         self.schedule = Schedule(

@@ -23,6 +23,7 @@ from typing import Any
 
 from model.config import PRESETS
 from pipeline.redaction import redact_credentials
+from preprocessing.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def register_export(
 
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").is_file() or not (hf_dir / "model.safetensors").is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{hf_dir} is not an exported model (config.json and model.safetensors); run `bertpipe export`"
         )
     client = MlflowClient(tracking_uri)

@@ -9,12 +9,15 @@ import tarfile
 
 from webdataset.tariterators import tar_file_iterator
 
+from preprocessing.errors import BertpipeError
 from preprocessing.shards import SAMPLE_EXTENSION
 from preprocessing.storage import read_bytes
 
 
-class ShardError(RuntimeError):
+class ShardError(BertpipeError, RuntimeError):
     """A shard that cannot be read or does not match the manifest; the message names it."""
+
+    exit_code = 1
 
 
 def read_shard_members(url: str, expected_samples: int, expected_sha256: str | None = None) -> list[bytes]:

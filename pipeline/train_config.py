@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.schedule import DECAYS
+from preprocessing.errors import BertpipeError
+
 TRAIN_JSON = "train.json"
 DEEPSPEED_JSON = "deepspeed.json"
 # `--set deepspeed.KEY[.SUBKEY]=VALUE` sets a key of the DeepSpeed config instead of train.json.
@@ -22,7 +25,7 @@ MLM_BIAS_INITS = ("unigram", "zeros")
 ATTENTION_INITS = ("local", "bert")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(BertpipeError, ValueError):
     """A configuration that cannot run; the message says what to change."""
 
 
@@ -82,6 +85,16 @@ class TrainConfig:
             raise TrainConfigError("give exactly one of warmup_steps and warmup_proportion")
         if self.warmup_proportion is not None and not 0 <= self.warmup_proportion <= 1:
             raise TrainConfigError(f"warmup_proportion must be in [0, 1], not {self.warmup_proportion}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.train_steps:
+            raise TrainConfigError(
+                f"warmup_steps must be between 0 and train_steps ({self.train_steps}), not {self.warmup_steps}"
+            )
+        if self.lr_decay not in DECAYS:
+            raise TrainConfigError(f"lr_decay must be one of {DECAYS}, not {self.lr_decay!r}")
+        if self.lr_decay_power <= 0:
+            raise TrainConfigError(f"lr_decay_power must be greater than 0, not {self.lr_decay_power}")
+        if not 0 <= self.lr_end_ratio <= 1:
+            raise TrainConfigError(f"lr_end_ratio must be in [0, 1], not {self.lr_end_ratio}")
 
     @property
     def warmup(self) -> int:

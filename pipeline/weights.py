@@ -13,6 +13,7 @@ from model.checkpoint import CheckpointError, load_weights
 from model.config import BertConfig
 from pipeline import checkpointing
 from pipeline.logs import prints_to_debug
+from preprocessing.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def load_initial_weights(model: torch.nn.Module, source: str | Path) -> None:
     """Load `source` into `model` (every weight must be present and of the right shape)."""
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"--init-from {source}: no such directory")
+        raise MissingInputError(f"--init-from {source}: no such directory")
     tag_dir = checkpoint_tag_dir(path)
     if tag_dir is not None:
         state = consolidated_state_dict(tag_dir)

@@ -32,6 +32,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from preprocessing import documents as docs
 from preprocessing import storage as fs
+from preprocessing.errors import BertpipeError
 from preprocessing.instances import SpecialIds, bucket_instances
 from preprocessing.manifest import MANIFEST_NAME, build_manifest, manifest_bytes
 from preprocessing.pairing import Document, PairingParams
@@ -61,6 +62,10 @@ TOKENIZE_BATCH_SENTENCES = 4096
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
 
 
+class PreprocessError(BertpipeError, ValueError):
+    """Bad input or an output directory the job must not touch; raised before the pipeline starts."""
+
+
 @dataclass(frozen=True)
 class JobParams:
     """Everything that decides the output bytes; recorded in the manifest as `parameters`."""
@@ -82,23 +87,26 @@ class JobParams:
 
     def __post_init__(self) -> None:
         if self.input_format not in FORMATS:
-            raise ValueError(f"input format {self.input_format!r} is not one of {list(FORMATS)}")
+            raise PreprocessError(f"input format {self.input_format!r} is not one of {list(FORMATS)}")
         if self.dupe_factor < 1:
-            raise ValueError(f"dupe_factor must be at least 1, got {self.dupe_factor}")
+            raise PreprocessError(f"dupe_factor must be at least 1, got {self.dupe_factor}")
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+            raise PreprocessError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.max_seq_length > np.iinfo(POSITION_DTYPE).max:
-            raise ValueError(f"max_seq_length must be at most {np.iinfo(POSITION_DTYPE).max}")
-        PairingParams(self.max_seq_length, self.short_seq_prob)  # validates those two
+            raise PreprocessError(f"max_seq_length must be at most {np.iinfo(POSITION_DTYPE).max}")
+        try:
+            PairingParams(self.max_seq_length, self.short_seq_prob)  # validates those two
+        except ValueError as error:
+            raise PreprocessError(str(error)) from None
         if not 1 <= self.max_predictions_per_seq <= self.max_seq_length - 3:
-            raise ValueError(
+            raise PreprocessError(
                 f"max_predictions_per_seq={self.max_predictions_per_seq} must be between 1 and the maskable "
                 f"tokens of a sequence (max_seq_length - 3 = {self.max_seq_length - 3})"
             )
         if not 0.0 < self.masked_lm_prob < 1.0:
-            raise ValueError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
+            raise PreprocessError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
         if self.bucket_mb <= 0 or self.shard_mb <= 0:
-            raise ValueError("bucket_mb and shard_mb must be positive")
+            raise PreprocessError("bucket_mb and shard_mb must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,7 +137,7 @@ def plan_reads(files: list[tuple[str, int]], input_format: str, text_field: str)
                 parquet = pq.ParquetFile(handle)
                 columns = parquet.schema_arrow.names
                 if text_field not in columns:
-                    raise ValueError(
+                    raise PreprocessError(
                         f"{path} has no column {text_field!r} (columns: {columns}); choose one with --text-field"
                     )
                 groups = parquet.num_row_groups

@@ -12,12 +12,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from preprocessing.errors import BertpipeError
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
 
 
-class ManifestError(ValueError):
+class ManifestError(BertpipeError, ValueError):
     """A manifest this version cannot read; the message says what is wrong and what to do."""
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from preprocessing import beam_job
 from preprocessing import storage as fs
-from preprocessing.beam_job import WORK_DIR, JobParams
+from preprocessing.beam_job import WORK_DIR, JobParams, PreprocessError
 from preprocessing.documents import SNIFF_BYTES, binary_content
 from preprocessing.manifest import MANIFEST_NAME, SPLITS, Manifest, recipe_differences
 from preprocessing.planning import plan_buckets
@@ -27,10 +27,6 @@ from preprocessing.tokenizer import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class PreprocessError(ValueError):
-    """Bad input or an output directory the job must not touch; raised before the pipeline starts."""
 
 
 @dataclass

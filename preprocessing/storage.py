@@ -24,6 +24,8 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.spec import AbstractBufferedFile
 
+from preprocessing.errors import BertpipeError
+
 READ_BUFFER_BYTES = 4 << 20  # per open remote file: few round trips, bounded memory
 
 
@@ -156,12 +158,16 @@ DECOMPRESSORS = {
 UNSUPPORTED_COMPRESSIONS = (".zip", ".zst", ".zstd", ".lz4", ".snappy", ".deflate", ".z", ".Z")
 
 
+class CompressionError(BertpipeError, ValueError):
+    """An input compressed in a way this job cannot read; the message names the file."""
+
+
 def is_compressed(path: str) -> bool:
     """Compressed by its name; an error for compressions this job cannot read."""
     if path.endswith(tuple(DECOMPRESSORS)):
         return True
     if path.endswith(UNSUPPORTED_COMPRESSIONS):
-        raise ValueError(f"{path}: unsupported compression; use .gz, .bz2 or .xz, or decompress it first")
+        raise CompressionError(f"{path}: unsupported compression; use .gz, .bz2 or .xz, or decompress it first")
     return False
 
 

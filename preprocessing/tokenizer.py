@@ -13,6 +13,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from preprocessing import storage
+from preprocessing.errors import BertpipeError
 from preprocessing.manifest import TokenizerInfo
 from preprocessing.masking import MaskingRule
 from preprocessing.storage import join
@@ -25,7 +26,7 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 _RESERVED = re.compile(r"^\[[^\]]+\]$")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(BertpipeError, ValueError):
     """A tokenizer directory that cannot serve BERT preprocessing."""
 
 

@@ -92,11 +92,30 @@ def test_ints_are_accepted_where_floats_are_expected_and_none_where_optional():
         ({"warmup_steps": None, "warmup_proportion": 1.5}, r"warmup_proportion must be in \[0, 1\], not 1.5"),
         ({"mlm_bias_init": "ones"}, r"mlm_bias_init must be one of \('unigram', 'zeros'\), not 'ones'"),
         ({"attention_init": "random"}, r"attention_init must be one of \('local', 'bert'\), not 'random'"),
+        ({"train_steps": 4}, r"warmup_steps must be between 0 and train_steps \(4\), not 5"),
+        ({"warmup_steps": -1}, r"warmup_steps must be between 0 and train_steps \(100\), not -1"),
+        ({"lr_decay": "cosine"}, r"lr_decay must be one of \('linear', 'polynomial', 'constant'\), not 'cosine'"),
+        ({"lr_decay_power": 0}, "lr_decay_power must be greater than 0, not 0"),
+        ({"lr_end_ratio": 1.5}, r"lr_end_ratio must be in \[0, 1\], not 1.5"),
     ],
 )
 def test_impossible_values_are_refused(values, message):
     with pytest.raises(TrainConfigError, match=message):
         TrainConfig.from_dict({"warmup_steps": 5, **values})
+
+
+def test_local_attention_init_needs_a_local_head_and_an_even_width():
+    from pipeline.pretrain import check_attention_init
+
+    tiny = BertConfig.from_preset("tiny")  # 2 heads
+    check_attention_init(TrainConfig.from_dict({"warmup_steps": 1, "global_attention_heads": 1}), tiny)
+    all_global = TrainConfig.from_dict({"warmup_steps": 1, "global_attention_heads": 2})
+    with pytest.raises(TrainConfigError, match=r"global_attention_heads must be in 0\.\.1 \(the model has 2 heads\)"):
+        check_attention_init(all_global, tiny)
+    check_attention_init(TrainConfig.from_dict({**all_global.to_dict(), "attention_init": "bert"}), tiny)
+    odd = BertConfig.from_preset("tiny", hidden_size=129, num_attention_heads=1)
+    with pytest.raises(TrainConfigError, match="attention_init 'local' needs an even hidden_size, not 129"):
+        check_attention_init(TrainConfig.from_dict({"warmup_steps": 1}), odd)
 
 
 def test_parse_overrides_reads_json_values_and_falls_back_to_strings():

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 
 from pipeline.finetune.labels import DataError
 from pipeline.finetune.squad import SpecialIds
+from preprocessing.errors import MissingInputError
 
 FORMATS = ("csv", "tsv", "jsonl")
 Truncation = Literal["head", "tail", "head+tail"]
@@ -72,7 +73,7 @@ def read_examples(path: str | Path, columns: Columns) -> tuple[list[TextExample]
     A missing column or label is an error naming the file and line; an empty file is an error."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInputError(f"{path}: no such file")
     file_format = table_format(path)
     examples: list[TextExample] = []
     skipped = 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from model.heads import IGNORE_INDEX
 from pipeline.finetune.labels import DataError
+from preprocessing.errors import MissingInputError
 
 DOCSTART = "-DOCSTART-"
 TAG = re.compile(r"^(O|[BI]-\S+)$")
@@ -32,7 +33,7 @@ def read_conll(path: str | Path) -> list[Sentence]:
     """The sentences of `path`; a line with one column or a tag that is not BIO is an error naming the line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInputError(f"{path}: no such file")
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from preprocessing.errors import BertpipeError
 
-class DataError(ValueError):
+
+class DataError(BertpipeError, ValueError):
     """Input data that cannot be used as given; the message names the file (and line) and what to do."""
 
 

@@ -16,6 +16,7 @@ from model import BertForQuestionAnswering
 from pipeline.finetune.metrics import squad_scores
 from pipeline.finetune.squad import Feature, Question, SpecialIds, best_answer, build_features, read_squad, trainable
 from pipeline.finetune.task import TEST, VALIDATION, Split, Task, TaskData
+from pipeline.train_config import TrainConfigError
 
 
 class QuestionAnsweringTask(Task):
@@ -30,10 +31,12 @@ class QuestionAnsweringTask(Task):
     ) -> TaskData:
         room = self.options.max_seq_length - self.options.max_query_length - 3
         if room < 1:
-            raise ValueError(
+            raise TrainConfigError(
                 f"--max-query-length {self.options.max_query_length} leaves no room for the context in "
                 f"--max-seq-length {self.options.max_seq_length} (3 positions go to [CLS] and [SEP]); lower it"
             )
+        if self.options.doc_stride < 1:
+            raise TrainConfigError(f"--doc-stride must be at least 1, got {self.options.doc_stride}")
         train, validation = read_squad(train_path), read_squad(validation_path)
         evaluated = {VALIDATION: validation, **({TEST: read_squad(test_path)} if test_path is not None else {})}
         if self.options.version_2 is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.finetune.labels import DataError
+from preprocessing.errors import MissingInputError
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def read_squad(path: str | Path) -> SquadFile:
     with none is kept for evaluation only (its answer texts still score predictions)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInputError(f"{path}: no such file")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:

@@ -39,6 +39,7 @@ from pipeline.schedule import Schedule
 from pipeline.tracking import EXIT_NOT_REGISTERED, RunTracker, code_version, open_run
 from pipeline.train_config import TrainConfigError
 from pipeline.weights import consolidated_state_dict
+from preprocessing.errors import BertpipeError, MissingInputError, OutputExistsError
 from preprocessing.tokenizer import TOKENIZER_CONFIG, load_tokenizer, tokenizer_files
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,16 @@ TRACKING_OFF = "off"
 OUTPUTS = (MODEL_DIR, BASE_DIR, CHECKPOINTS, METRICS_FILE, SUMMARY_FILE)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(BertpipeError, RuntimeError):
     """The loss stopped being a number; the message says what to change."""
 
+    exit_code = 1
 
-class CheckpointWriteError(RuntimeError):
+
+class CheckpointWriteError(BertpipeError, RuntimeError):
     """The best epoch could not be saved; the message names the directory."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ def default_registered_name(model: ResolvedModel, task: str) -> str:
 def check_output(output: Path, overwrite: bool) -> None:
     present = [name for name in OUTPUTS if (output / name).exists()]
     if present and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{output} already holds a fine-tuning run ({', '.join(present)}); pass --overwrite to replace it or "
             f"choose another --output"
         )
@@ -139,15 +144,17 @@ class FineTuner:
 
     def __init__(self, request: FinetuneRequest):
         if request.task not in TASKS:
-            raise ValueError(f"unknown task {request.task!r}; choose one of {sorted(TASKS)}")
+            raise TrainConfigError(f"unknown task {request.task!r}; choose one of {sorted(TASKS)}")
         if request.epochs < 1:
-            raise ValueError(f"--epochs must be at least 1, got {request.epochs}")
+            raise TrainConfigError(f"--epochs must be at least 1, got {request.epochs}")
+        if not 0 <= request.warmup_proportion <= 1:
+            raise TrainConfigError(f"--warmup-proportion must be in [0, 1], got {request.warmup_proportion}")
         self.request = request
         self.output = Path(request.output)
         check_output(self.output, request.overwrite)
         for path in (request.train, request.validation, request.test):
             if path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"{path}: no such file")
+                raise MissingInputError(f"{path}: no such file")
         registry_uri = None if request.tracking_uri == TRACKING_OFF else request.tracking_uri
         announce(f"finding the model {request.model}")
         self.source = resolve_model(request.model, registry_uri)
