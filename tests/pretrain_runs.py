@@ -100,3 +100,18 @@ def fingerprints(output: Path, rank: int) -> dict[int, str]:
 
 def status(output: Path) -> dict:
     return json.loads((output / "run_status.json").read_text())
+
+
+@contextlib.contextmanager
+def busy_cpu(processes: int | None = None):
+    """Processes that spin on every core (one more than there are cores by default) while the block runs: a
+    machine kept busy by other jobs, for the races that only show under load."""
+    count = processes if processes is not None else (os.cpu_count() or 1) + 1
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+        for spinner in spinners:
+            spinner.wait()
