@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline import hostfile as hostfiles
 from preprocessing.errors import BertpipeError, report
@@ -317,11 +318,44 @@ def ranks_text(hosts: list[str], options: LaunchOptions) -> str:
     return f"{per_node} per node on {len(used)} nodes ({', '.join(used)})"
 
 
-def run_state(status_file: Path | None) -> str | None:
+def run_status(status_file: Path | None) -> dict[str, Any]:
+    """The run's run_status.json, or {} where there is none (a run that never started)."""
     try:
-        return json.loads(status_file.read_text())["state"] if status_file else None
-    except (OSError, ValueError, KeyError):
-        return None
+        status = json.loads(status_file.read_text()) if status_file else {}
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def stop_line(job: Job) -> tuple[str, int]:
+    """What the launcher says after a signal stopped the run, and its exit code: 0 when the run kept what it
+    had (pretraining: a checkpoint to resume from; fine-tuning: the best epoch that ended, exported)."""
+    status = run_status(job.status_file)
+    if status.get("state") == "interrupted" and status.get("checkpoint"):
+        if job.kind == "pretrain":
+            return f"{job.script}: stopped by a signal after writing a checkpoint; continue with --resume auto", 0
+        return f"{job.script}: {status.get('message')} ({status['checkpoint']})", 0
+    said = status.get("message") or f"run state: {status.get('state') or 'unknown'}"
+    return f"{job.script}: stopped by a signal; nothing was kept at the stop ({said})", 1
+
+
+def failure_line(job: Job, code: int) -> str:
+    """What the launcher says when the ranks exit non-zero: what the run's status records (state, step, error,
+    the checkpoint to resume from), so the exit code comes with its reason."""
+    from pipeline.tracking import EXIT_NOT_REGISTERED
+
+    status = run_status(job.status_file)
+    state = status.get("state")
+    if code == EXIT_NOT_REGISTERED and state == "finished":
+        return f"{job.script}: the run finished, but a registration did not happen (exit {code}); the log says which"
+    if state == "failed":
+        checkpoint = status.get("checkpoint")
+        resume = f"continue from {checkpoint} with --resume auto" if checkpoint else "no checkpoint to resume from"
+        return (
+            f"{job.script}: the run failed at step {status.get('step')} (exit {code}): {status.get('message') or '?'}; "
+            f"{resume}"
+        )
+    return f"{job.script}: the ranks exited with code {code} (run state: {state or 'not recorded'}); the log says why"
 
 
 def rank_pattern(job: Job) -> str:
@@ -366,19 +400,11 @@ def run_in_group(command: list[str], env: Mapping[str, str], job: Job, remote_st
     while group_alive(process.pid):
         time.sleep(0.5)
     if signalled:
-        state = run_state(job.status_file)
-        if state == "interrupted":
-            print(
-                f"{job.script}: stopped by a signal after writing a checkpoint; continue with --resume auto",
-                file=sys.stderr,
-            )
-            return 0
-        state = state or "unknown"
-        print(
-            f"{job.script}: stopped by a signal; no checkpoint was written at the stop (run state: {state})",
-            file=sys.stderr,
-        )
-        return 1
+        line, code = stop_line(job)
+        print(line, file=sys.stderr)
+        return code
+    if code:
+        print(failure_line(job, code), file=sys.stderr)
     return code
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_b
 from pipeline.logs import announce
 from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
 from pipeline.model_source import resolve_model
+from pipeline.run_dir import CHECKPOINTS, METRICS_FILE, STATUS_FILE, TRACKING_OFF, StopRequest, write_status
 from pipeline.schedule import Schedule
 from pipeline.tracking import EXIT_NOT_REGISTERED, RunTracker, code_version, open_run
 from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
@@ -39,10 +39,6 @@ from preprocessing.storage import absolute
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "run_status.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS = "checkpoints"
-TRACKING_OFF = "off"
 UNIGRAM_SAMPLES = 100_000  # training samples whose targets estimate the unigram baseline
 
 
@@ -64,22 +60,6 @@ class PretrainRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     deepspeed_config: str | None = None
     tracking_uri: str | None = None  # "off": no MLflow; default MLFLOW_TRACKING_URI, else <output>/mlflow.db
-
-
-class StopRequest:
-    """SIGTERM/SIGINT set a flag the loop reads at the next step; a second SIGINT interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, self._handle)
-
-    def _handle(self, number: int, _frame: Any) -> None:
-        if self.requested and number == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = signal.Signals(number).name
 
 
 def resolve_model_config(train: TrainConfig, manifest: Manifest, init_from: str | None) -> BertConfig:
@@ -119,11 +99,6 @@ def check_output(output: Path, resume: str) -> str | None:
             f"{output} already holds a run; pass --resume auto to continue it, or choose another --output"
         )
     return None
-
-
-def write_status(output: Path, state: str, step: int, checkpoint: str | None, message: str = "") -> None:
-    record = {"state": state, "step": step, "checkpoint": checkpoint, "message": message}
-    atomic_write_bytes(output / STATUS_FILE, (json.dumps(record) + "\n").encode("utf-8"))
 
 
 class Trainer:

@@ -322,3 +322,61 @@ def test_bad_input_stops_with_a_clear_error(registry, tmp_path):
     assert "labels the training data never has: ['howto']" in result.stderr
     assert "--map-unseen-label" in result.stderr
     assert "--max-seq-length 1000 exceeds the model's 128 positions; inputs are cut at 128" in result.stderr
+
+
+def test_sigterm_keeps_the_best_epoch_that_ended_and_says_so(registry, tmp_path):
+    """Two ranks under launch/finetune.sh; SIGTERM to the launcher after the first epoch's evaluation: every
+    rank stops at the same micro-batch, the best epoch so far is exported (not registered: the run was cut
+    short on purpose), the status says `interrupted` and names the export, and the launcher exits 0."""
+    import signal
+    import time
+
+    output = tmp_path / "stopped"
+    files = ["--train", str(TASKS / "classify_train.jsonl"), "--validation", str(TASKS / "classify_validation.jsonl")]
+    command = [str(FINETUNE_SH), "classify", "--gpus-per-node", "2", "--master-port", str(free_port())]
+    command += ["--model", "models:/bert-tiny@champion", "--tracking-uri", registry["uri"], "--output", str(output)]
+    command += [
+        *files,
+        "--epochs",
+        "50",
+        "--max-seq-length",
+        "64",
+        "--batch-size",
+        "16",
+        "--name",
+        "bert-tiny-classify-stopped",
+    ]
+    log = tmp_path / "stopped.log"
+    with log.open("w") as handle:
+        launcher = subprocess.Popen(
+            command, cwd=ROOT, env=cpu_env(BERTPIPE_CACHE=registry["cache"]), stdout=handle, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 300
+    while not any("eval_accuracy" in r for r in records_so_far(output)):
+        assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=180) == 0, log.read_text()[-3000:]
+    status = json.loads((output / "run_status.json").read_text())
+    summary = json.loads((output / "finetune_summary.json").read_text())
+    epochs = [r["epoch"] for r in records(output) if "eval_accuracy" in r]
+    assert status["state"] == "interrupted" and status["checkpoint"] == str(output / "model"), status
+    assert status["message"].startswith("stopped by SIGTERM at step ") and len(epochs) < 50
+    assert summary["stopped"].startswith("stopped by SIGTERM") and summary["registered"] is None
+    assert summary["best_epoch"] in epochs and (output / "model" / "model.safetensors").is_file()
+    assert log.read_text().splitlines()[-1] == f"finetune.sh: {status['message']} ({output / 'model'})"
+    _, versions = registered(registry, "bert-tiny-classify-stopped")
+    assert versions == []
+
+
+def records_so_far(output: Path) -> list[dict]:
+    path = output / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            break
+    return found

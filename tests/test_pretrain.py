@@ -127,6 +127,10 @@ def test_sigkill_of_one_rank_then_resume_sees_the_same_batches(reference_run, pr
     assert resumed_from in ("step00000015", "step00000020")
     failed = status(output)  # rank 0 lost its peer: the status says so, with the checkpoint to resume from
     assert failed["state"] == "failed" and failed["checkpoint"] == resumed_from and failed["message"], failed
+    said = output.with_suffix(".log").read_text().splitlines()[-1]  # and so does the launcher's last line
+    assert said.startswith("pretrain.sh: the run failed at step ") and said.endswith(
+        f"continue from {resumed_from} with --resume auto"
+    ), said
     mlflow = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
     (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("bert-pretraining").experiment_id])
 

@@ -35,6 +35,18 @@ from pipeline.finetune.task import TEST, VALIDATION, ModelInputs, Split, Task, T
 from pipeline.logs import announce
 from pipeline.metrics import JsonLines
 from pipeline.model_source import ResolvedModel, resolve_model
+from pipeline.run_dir import (
+    CHECKPOINTS,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    METRICS_FILE,
+    RUNNING,
+    STATUS_FILE,
+    TRACKING_OFF,
+    StopRequest,
+    write_status,
+)
 from pipeline.schedule import Schedule
 from pipeline.tracking import EXIT_NOT_REGISTERED, RunTracker, code_version, open_run
 from pipeline.train_config import TrainConfigError
@@ -47,11 +59,8 @@ log = logging.getLogger(__name__)
 TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, NerTask, QuestionAnsweringTask)}
 MODEL_DIR = "model"  # the fine-tuned model, Hugging Face format
 BASE_DIR = "base_model"  # the export of a DeepSpeed checkpoint given as --model
-CHECKPOINTS = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "finetune_summary.json"
-TRACKING_OFF = "off"
-OUTPUTS = (MODEL_DIR, BASE_DIR, CHECKPOINTS, METRICS_FILE, SUMMARY_FILE)
+OUTPUTS = (MODEL_DIR, BASE_DIR, CHECKPOINTS, METRICS_FILE, SUMMARY_FILE, STATUS_FILE)
 
 
 class NonFiniteLossError(BertpipeError, RuntimeError):
@@ -247,14 +256,21 @@ class FineTuner:
         self.build_engine()
         is_main = self.rank == 0
         metrics = JsonLines(self.output / METRICS_FILE, None) if is_main else None
+        self._status(RUNNING, 0)
         if is_main:
             self._start_tracking()
+        stop = StopRequest()
         best: dict[str, Any] = {"value": -math.inf, "epoch": None, "step": None, "metrics": {}}
-        state = "failed"
+        state, stopped = FAILED, ""
         try:
             for epoch in range(1, self.request.epochs + 1):
                 announce(f"epoch {epoch}/{self.request.epochs}: training on {len(self.data.train):,} examples")
-                self._train_epoch(epoch, metrics)
+                if not self._train_epoch(epoch, metrics, stop):
+                    stopped = (
+                        f"stopped by {stop.signal_name or 'a signal on another rank'} at step "
+                        f"{self.engine.global_steps}, in epoch {epoch} of {self.request.epochs}"
+                    )
+                    break
                 evaluation, predictions = self._evaluate(self.data.validation, VALIDATION)
                 step = self.engine.global_steps
                 record = {"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in evaluation.items()}}
@@ -268,26 +284,50 @@ class FineTuner:
                 if value > best["value"]:
                     best = {"value": value, "epoch": epoch, "step": step, "metrics": evaluation}
                     self._keep_best(step, epoch, evaluation, predictions)
+            if stopped and best["epoch"] is None:
+                state = INTERRUPTED
+                self._status(
+                    INTERRUPTED, self.engine.global_steps, f"{stopped}, before any epoch ended: nothing to export"
+                )
+                log.warning("%s, before any epoch ended: nothing was exported", stopped)
+                return 1
             test = self._test(best, self.data.test) if self.data.test is not None else None
             if test is not None:
                 if metrics is not None:
                     metrics.write(final_record(best, test))
                 if self.tracker is not None:  # the validation metrics are in the run already, at this step
                     self.tracker.log_metrics(best["step"], prefixed("test_", test))
-            summary = self._finish(best, test)
-            state = "finished"
+            summary = self._finish(best, test, stopped)
+            state = INTERRUPTED if stopped else FINISHED
+            message = f"{stopped}; the best of the epochs that ended ({best['epoch']}) is exported" if stopped else ""
+            self._status(state, best["step"], message, summary.get("exported"))
+        except Exception as error:  # pollers and the launcher must not read "running"
+            self._status(FAILED, self.engine.global_steps, f"{type(error).__name__}: {error}"[:2000])
+            raise
         finally:
             if metrics is not None:
                 metrics.close()
             if self.tracker is not None:
-                unsent = self.tracker.finish("FINISHED" if state == "finished" else "FAILED")
+                tracked = {FINISHED: "FINISHED", INTERRUPTED: "KILLED"}.get(state, "FAILED")
+                unsent = self.tracker.finish(tracked)
                 if unsent:
                     log.warning("%d MLflow records were not sent; %s has them", unsent, self.output / METRICS_FILE)
         if is_main:
             print(summary_line(summary))
-            if self.request.register and self.tracker is not None and summary.get("registered") is None:
+            if stopped:
+                log.warning("%s; the best epoch so far is exported to %s, not registered", stopped, summary["exported"])
+            elif self.request.register and self.tracker is not None and summary.get("registered") is None:
                 return EXIT_NOT_REGISTERED
         return 0
+
+    def _status(self, state: str, step: int, message: str = "", exported: str | None = None) -> None:
+        """rank 0 writes run_status.json; `checkpoint` names the exported model once there is one."""
+        if self.rank != 0:
+            return
+        try:
+            write_status(self.output, state, step, exported, message)
+        except OSError as error:  # on a full disk the status may not be writable either
+            log.error("cannot write %s: %s", self.output / STATUS_FILE, error)
 
     def _loader(self, epoch: int):
         from torch.utils.data import DataLoader, DistributedSampler
@@ -304,7 +344,9 @@ class FineTuner:
             collate_fn=lambda features: collate_features(features, self.pad_id, max_length),
         )
 
-    def _train_epoch(self, epoch: int, metrics: JsonLines | None) -> None:
+    def _train_epoch(self, epoch: int, metrics: JsonLines | None, stop: StopRequest) -> bool:
+        """One pass over the training examples; False when a stop was requested (on any rank), which every
+        rank sees at the same micro-batch and leaves before its backward pass."""
         engine = self.engine
         engine.train()
         device = engine.device
@@ -314,9 +356,14 @@ class FineTuner:
                 break  # the last micro-batches of a pass that does not fill an accumulation
             out = engine(**{name: tensor.to(device) for name, tensor in batch.items()})
             loss = out.loss
-            finite = torch.isfinite(loss.detach()).to(torch.float32)
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if not bool(finite.item()):
+            flags = torch.stack(
+                [(~torch.isfinite(loss.detach())).to(torch.float32), torch.tensor(float(stop.requested), device=device)]
+            )
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            nonfinite, stop_now = (bool(x) for x in flags.tolist())
+            if stop_now:
+                return False
+            if nonfinite:
                 raise NonFiniteLossError(
                     f"the loss was not finite at step {engine.global_steps + 1} of epoch {epoch}; lower the learning "
                     f"rate or check the data"
@@ -336,6 +383,7 @@ class FineTuner:
                     metrics.write(record)
                 if self.tracker is not None:
                     self.tracker.log_metrics(step, {k: v for k, v in record.items() if k != "step"})
+        return True
 
     def _evaluate(self, features: list[ModelInputs], split: Split) -> tuple[dict[str, float], Any]:
         """Every rank runs an equal share of the features (padded with repeats, so that ZeRO-3's collectives
@@ -396,13 +444,13 @@ class FineTuner:
             self.task.write_predictions(predictions, self.output / self.task.predictions_name(TEST), TEST)
         return test
 
-    def _finish(self, best: dict[str, Any], test: dict[str, float] | None) -> dict[str, Any]:
-        """Rank 0 exports the best epoch and registers it; the other ranks wait."""
+    def _finish(self, best: dict[str, Any], test: dict[str, float] | None, stopped: str = "") -> dict[str, Any]:
+        """Rank 0 exports the best epoch and registers it (not after a stop: the run was cut short on purpose);
+        the other ranks wait."""
         summary: dict[str, Any] = {}
+        register = self.request.register and not stopped
         if self.rank == 0:
-            announce(
-                f"exporting the best epoch ({best['epoch']})" + (" and registering it" if self.request.register else "")
-            )
+            announce(f"exporting the best epoch ({best['epoch']})" + (" and registering it" if register else ""))
             tag_dir = self.output / CHECKPOINTS / checkpointing.tag_for(best["step"])
             model_dir = self.export(tag_dir)
             summary = {
@@ -420,7 +468,9 @@ class FineTuner:
             if test is not None:
                 summary["test"] = test
                 summary["test_predictions"] = str(self.output / self.task.predictions_name(TEST))
-            summary["registered"] = self._register(model_dir, best, test) if self.request.register else None
+            if stopped:
+                summary["stopped"] = stopped
+            summary["registered"] = self._register(model_dir, best, test) if register else None
             atomic_write_bytes(self.output / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
             if not self.request.keep_checkpoint:
                 shutil.rmtree(self.output / CHECKPOINTS, ignore_errors=True)
