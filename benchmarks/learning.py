@@ -21,9 +21,10 @@ adapter), with the unigram baseline of `pipeline.loader.target_counts` over the 
 trainer computes it. The headline is the held-out loss at `[MASK]` positions against that context-free
 guess. Downstream, each arm's final model (and random weights, `--from-scratch`) is fine-tuned on the
 bundled classification task with `launch/finetune.sh classify`, split as the demo splits it
-(`pipeline.demo.steps.write_task_files`: 20% of the labelled paragraphs carved out as the test set, 20% of
-the rest to choose the epoch, the rest to train on), and scored once on the test set. As in the demo, the
-vocabulary and the pretraining data are made from the corpus less the lines that hold a test paragraph.
+(`pipeline.demo.steps.write_task_files`: the labelled paragraphs dealt into 3 stratified folds; seed s is
+tested on fold s % 3, chooses the epoch and the learning rate on 20% of the other folds and trains on the
+rest), and scored once on its fold. As in the demo, the vocabulary and the pretraining data are made from
+the corpus less the lines that hold a labelled paragraph.
 
 Wall time: each arm's clock starts when the arm starts (ours: launching `pretrain.sh`, so it includes
 starting the launcher and the ranks; the peer: reading the shards in this already-running process) and
@@ -63,7 +64,8 @@ from benchmarks.machine import cpu_description, cpu_model
 from model.heads import IGNORE_INDEX
 from pipeline.dataset_check import load_manifest
 from pipeline.deepspeed_config import resolve_batch_sizes
-from pipeline.demo.layout import SIZES, DemoLayout
+from pipeline.demo.downstream import RunResult, choose_learning_rates
+from pipeline.demo.layout import FOLDS, SIZES, DemoLayout, fold_of_seed
 from pipeline.demo.steps import write_task_files
 from pipeline.distributed import free_port
 from pipeline.train_config import LoadedConfig, load_config
@@ -77,7 +79,7 @@ VOCAB_SIZE = 8192
 RANKS = 2  # ours: DeepSpeed CPU ranks, one core each
 PEER_THREADS = 2  # the peer: one process, torch on both cores
 POLL_S = 0.05
-FINETUNE = {"learning_rate": 3e-4, "batch_size": 32, "max_seq_length": 128}
+FINETUNE = {"batch_size": 32, "max_seq_length": 128}
 ARMS = ("ours", "peer", "random")
 # The held-out figures kept per evaluation (EvalResult.as_metrics without its "eval_" prefix).
 HEADLINE = ("mask_loss", "mask_unigram_loss", "mask_gain", "mask_accuracy", "nsp_accuracy", "nsp_majority")
@@ -190,6 +192,7 @@ class Settings:
     log_every: int
     batch: int
     finetune_epochs: int
+    finetune_learning_rates: tuple[float, ...]  # each arm is fine-tuned at every one and scored at its best
     dataset: Path
     work: Path
 
@@ -241,9 +244,9 @@ def cpu_env(**extra: str) -> dict[str, str]:
 
 
 def demo_split(work: Path) -> DemoLayout:
-    """The demo's task files and its corpus without the test paragraphs (written once per work directory)."""
+    """The demo's task files and its corpus without the labelled paragraphs (written once per work directory)."""
     layout = DemoLayout(work / "demo")
-    if not layout.task_test.is_file():
+    if not layout.corpus.is_file():
         write_task_files(layout, replace(SIZES["full"], finetune_fractions=(1.0,), finetune_seeds=1))
     return layout
 
@@ -594,14 +597,16 @@ def run_random(settings: Settings, seed: int, evaluation: HeldOut) -> dict[str, 
 # -- downstream: launch/finetune.sh classify --------------------------------------------------------------
 
 
-def finetune(work: Path, model_dir: Path, output: Path, seed: int, epochs: int, from_scratch: bool) -> dict[str, Any]:
+def finetune(
+    work: Path, model_dir: Path, output: Path, seed: int, epochs: int, learning_rate: float, from_scratch: bool
+) -> dict[str, Any]:
     """The classifier, its epoch chosen on the validation split and scored once on the test split."""
-    task = demo_split(work)
+    task, fold = demo_split(work), fold_of_seed(seed)
     command = [str(ROOT / "launch" / "finetune.sh"), "classify", "--model", str(model_dir)]
-    command += ["--train", str(task.task_train), "--validation", str(task.task_validation)]
-    command += ["--test", str(task.task_test)]
+    command += ["--train", str(task.task_train(fold)), "--validation", str(task.task_validation(fold))]
+    command += ["--test", str(task.task_test(fold))]
     command += ["--output", str(output)]
-    command += ["--epochs", str(epochs), "--learning-rate", str(FINETUNE["learning_rate"])]
+    command += ["--epochs", str(epochs), "--learning-rate", str(learning_rate)]
     command += ["--batch-size", str(FINETUNE["batch_size"]), "--max-seq-length", str(FINETUNE["max_seq_length"])]
     command += ["--tracking-uri", "off", "--no-register", "--seed", str(seed)]
     command += ["--from-scratch"] if from_scratch else []
@@ -610,6 +615,7 @@ def finetune(work: Path, model_dir: Path, output: Path, seed: int, epochs: int, 
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
     by_epoch = sorted((r for r in records if "eval_accuracy" in r and "epoch" in r), key=lambda r: r["epoch"])
     return {
+        "learning_rate": learning_rate,
         "accuracy_test": summary["test"]["accuracy"],
         "accuracy_validation": summary["evaluation"]["accuracy"],
         "best_epoch": summary["best_epoch"],
@@ -636,35 +642,59 @@ def run_seed(settings: Settings, seed: int, arms: Sequence[str], evaluation: Hel
             run = run_random(settings, seed, evaluation)
         # --from-scratch takes the architecture and the tokenizer from ours' export
         model_dir = run["model_dir"] if "model_dir" in run else runs["ours"]["model_dir"]
-        run["downstream"] = finetune(
-            settings.work,
-            Path(model_dir),
-            run_dir / "finetune",
-            seed,
-            settings.finetune_epochs,
-            from_scratch=arm == "random",
-        )
+        run["downstream_by_rate"] = [
+            finetune(
+                settings.work,
+                Path(model_dir),
+                run_dir / f"finetune-lr{rate:g}",
+                seed,
+                settings.finetune_epochs,
+                rate,
+                from_scratch=arm == "random",
+            )
+            for rate in settings.finetune_learning_rates
+        ]
         run["arm_wall_s"] = time.monotonic() - started
         run["final"] = {k: v for k, v in run["curve"][-1].items() if k not in ("step", "wall_s")}
         run["model_dir"] = str(model_dir)
         runs[arm] = run
-        final, tune = run["final"], run["downstream"]
+        final = run["final"]
         per_step = f", {run['seconds_per_step']:.3f} s/step" if run.get("seconds_per_step") else ""
+        downstream = ", ".join(
+            f"lr {t['learning_rate']:g} {t['accuracy_test']:.3f} (validation {t['accuracy_validation']:.3f})"
+            for t in run["downstream_by_rate"]
+        )
         print(
             f"  seed {seed} {arm:6s}: [MASK] loss {final['mask_loss']:.3f} (unigram {final['mask_unigram_loss']:.3f}), "
-            f"[MASK] acc {final['mask_accuracy']:.3f}, NSP {final['nsp_accuracy']:.3f}; downstream "
-            f"{tune['accuracy_test']:.3f} (validation {tune['accuracy_validation']:.3f}){per_step}; "
-            f"arm {run['arm_wall_s']:.0f} s",
+            f"[MASK] acc {final['mask_accuracy']:.3f}, NSP {final['nsp_accuracy']:.3f}; downstream {downstream}"
+            f"{per_step}; arm {run['arm_wall_s']:.0f} s",
             flush=True,
         )
     return runs
+
+
+def choose_downstream(runs: Sequence[dict[str, Any]], arm: str) -> float:
+    """Each run's `downstream`: its fine-tuning at the learning rate whose mean validation accuracy over the
+    arm's seeds is best (the demo's rule, `choose_learning_rates`). Returns that rate."""
+    results = [
+        RunResult(arm, 1.0, run["seed"], t["learning_rate"], t["accuracy_validation"], t["accuracy_test"])
+        for run in runs
+        for t in run["downstream_by_rate"]
+    ]
+    rate = choose_learning_rates(results)[(arm, 1.0)]
+    for run in runs:
+        run["downstream"] = next(t for t in run["downstream_by_rate"] if t["learning_rate"] == rate)
+    return rate
 
 
 def summarize_arm(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     summary = {
         "final": aggregate_figures([r["final"] for r in runs]),
         "downstream": aggregate_figures(
-            [{k: v for k, v in r["downstream"].items() if k != "accuracy_by_epoch"} for r in runs]
+            [
+                {k: v for k, v in r["downstream"].items() if k not in ("accuracy_by_epoch", "learning_rate")}
+                for r in runs
+            ]
         ),
         "curve": aggregate_curves([r["curve"] for r in runs]),
     }
@@ -672,6 +702,10 @@ def summarize_arm(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if all(r.get(key) is not None for r in runs):
             summary[key] = mean_std([r[key] for r in runs])
     return summary
+
+
+def without(figures: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in figures.items() if k not in keys}
 
 
 def dataset_facts(dataset: Path) -> dict[str, Any]:
@@ -695,7 +729,8 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
     result_arms = {}
     for arm in arms:
         runs = [{"seed": seed, **runs[arm]} for seed, runs in zip(seeds, per_seed, strict=True)]
-        result_arms[arm] = {"runs": runs, "summary": summarize_arm(runs)}
+        rate = choose_downstream(runs, arm)
+        result_arms[arm] = {"runs": runs, "summary": {**summarize_arm(runs), "finetune_learning_rate": rate}}
     ratio = None
     if "peer" in result_arms:
         ours = result_arms["ours"]["summary"].get("seconds_per_step", {}).get("mean")
@@ -703,7 +738,13 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
         ratio = ours / peer if ours and peer else None
     loaded = settings.loaded(seed=seeds[0])
     task = demo_split(settings.work)
-    labels = [json.loads(line)["label"] for line in task.task_test.read_text().splitlines() if line.strip()]
+    folds = sorted({fold_of_seed(seed) for seed in seeds})
+    labels = [
+        json.loads(line)["label"]
+        for fold in folds
+        for line in task.task_test(fold).read_text().splitlines()
+        if line.strip()
+    ]
     return {
         "benchmark": "learning",
         "machine": cpu_description(),
@@ -733,11 +774,14 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
         "held_out": {"batches": len(evaluation.batches), "eval_samples": loaded.train.eval_samples},
         "finetune": {
             "task": f"{CLASSIFY_TRAIN.relative_to(ROOT)}, split as the demo splits it",
-            "train_examples": count_examples(task.task_train),
-            "validation_examples": count_examples(task.task_validation),
+            "folds": FOLDS,
+            "tested_folds": folds,
+            "train_examples": count_examples(task.task_train(folds[0])),
+            "validation_examples": count_examples(task.task_validation(folds[0])),
             "epochs": settings.finetune_epochs,
+            "learning_rates": list(settings.finetune_learning_rates),
             **FINETUNE,
-            "test_examples": len(labels),
+            "test_examples": len(labels),  # over the folds the seeds were tested on
             "majority_share": majority_share(labels),
         },
         "arms": result_arms,
@@ -852,6 +896,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="sequences per step (global)")
     parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="our config directory")
     parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument(
+        "--finetune-learning-rates",
+        type=float,
+        nargs="+",
+        default=[3e-4, 1e-3],
+        help="each arm is fine-tuned at every one and scored at the one its validation accuracy prefers",
+    )
     parser.add_argument("--dupe-factor", type=int, default=5, help="masking passes over the corpus (the demo's: 5)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--skip-peer", action="store_true", help="ours and random weights only")
@@ -873,6 +924,7 @@ def main() -> None:
             log_every=log_every_for(config_log_every, min(args.eval_every, args.steps)),
             batch=args.batch,
             finetune_epochs=args.finetune_epochs,
+            finetune_learning_rates=tuple(sorted(set(args.finetune_learning_rates))),
             dataset=dataset,
             work=work,
         )

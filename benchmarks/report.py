@@ -264,6 +264,13 @@ def mean_std(stats: dict[str, Any] | None, digits: int = 3) -> str:
 def test_protocol(tune: dict[str, Any]) -> str:
     """How the classifier was scored: a run of the current benchmark records its split sizes (the demo's split);
     an earlier run scored on paragraphs of other files."""
+    if "folds" in tune:
+        rates = ", ".join(f"{rate:g}" for rate in tune["learning_rates"])
+        return (
+            f"split as the demo splits it ({tune['folds']} folds; each seed tested on one, {tune['train_examples']} "
+            f"to train, {tune['validation_examples']} to choose the epoch and each arm's learning rate of {rates}), "
+            f"{tune['test_examples']} test paragraphs over the seeds' folds, none in the pretraining corpus"
+        )
     if "train_examples" in tune:
         return (
             f"split as the demo splits it ({tune['train_examples']} to train, {tune['validation_examples']} to choose "
@@ -292,7 +299,8 @@ def learning(results: Path) -> list[str]:
                 mean_std(final["mask_accuracy"]),
                 f"{mean_std(final['nsp_accuracy'])} ({mean_std(final['nsp_majority'])})",
                 mean_std(per_step) if per_step else "",
-                mean_std(summary["downstream"]["accuracy_test"]),
+                mean_std(summary["downstream"]["accuracy_test"])
+                + (f" (lr {summary['finetune_learning_rate']:g})" if "finetune_learning_rate" in summary else ""),
                 mean_std(summary["downstream"]["accuracy_validation"]),
             ]
         )

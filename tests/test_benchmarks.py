@@ -178,7 +178,8 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
     out = tmp_path / "results"
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/learning.py"), "--steps", "6", "--eval-every", "3", "--seeds", "1",
-         "--finetune-epochs", "1", "--dupe-factor", "1", "--workdir", str(tmp_path / "work"), "--output-dir", str(out)],
+         "--finetune-epochs", "1", "--finetune-learning-rates", "3e-4", "--dupe-factor", "1",
+         "--workdir", str(tmp_path / "work"), "--output-dir", str(out)],
         check=True, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     result = json.loads((out / "learning.json").read_text())
@@ -195,7 +196,8 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
         finals[arm] = run["final"]
         downstream = run["downstream"]
         assert 0 <= downstream["accuracy_test"] <= 1 and 0 <= downstream["accuracy_validation"] <= 1
-        assert len(downstream["accuracy_by_epoch"]) == 1
+        assert len(downstream["accuracy_by_epoch"]) == 1 and downstream["learning_rate"] == 3e-4
+        assert result["arms"][arm]["summary"]["finetune_learning_rate"] == 3e-4
         summary = result["arms"][arm]["summary"]
         assert summary["final"]["mask_loss"] == {"mean": run["final"]["mask_loss"], "std": None, "n": 1}
         if arm != "random":

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from pipeline.demo.__main__ import main as demo_main
 from pipeline.demo.downstream import percent, plan_runs, subset_size
-from pipeline.demo.layout import CLASSIFY_TRAIN, SIZES, DemoLayout
+from pipeline.demo.layout import CLASSIFY_TRAIN, FOLDS, SIZES, DemoLayout
 from pipeline.demo.layout import ROOT as ROOT_DIR
 from pipeline.demo.steps import (
     Step,
@@ -102,25 +102,24 @@ def test_small_demo_writes_every_artefact_and_a_report_that_matches_them(small_d
         f"{held_out['eval_nsp_majority']:.3f} (majority share) |" in lines
     )
 
-    # The task: test, then validation carved from the labelled file (stratified), the rest for training; the
-    # subset of a fraction below 1 is drawn from the training part.
+    # The task: the labelled file dealt into folds; seed 0 tests on fold 0, chooses on 20% of the other folds and
+    # trains on the rest; the subset of a fraction below 1 is drawn from the training part.
     source = [line for line in CLASSIFY_TRAIN.read_text().splitlines() if line.strip()]
     train, validation, test = (
-        path.read_text().splitlines() for path in (layout.task_train, layout.task_validation, layout.task_test)
+        path.read_text().splitlines() for path in (layout.task_train(0), layout.task_validation(0), layout.task_test(0))
     )
     assert sorted(train + validation + test) == sorted(source) and not set(train) & set(validation + test)
-    assert len(test) == subset_size(len(source), 0.2)
+    assert len(test) == len(source) // FOLDS
     assert [json.loads(line)["label"] for line in test].count("c-api") == len(test) // 2
     tuning = summary["finetuning"]
     test_labels = [json.loads(line)["label"] for line in test]
-    assert tuning["examples"] == {
-        "labelled": len(source),
-        "train": len(train),
-        "validation": len(validation),
-        "test": len(test_labels),
-    }
+    assert tuning["examples"]["labelled"] == len(source) and tuning["examples"]["folds"] == FOLDS
+    assert tuning["examples"]["train"][0] == len(train) and tuning["examples"]["validation"][0] == len(validation)
+    assert tuning["examples"]["test"][0] == len(test_labels)
     assert tuning["test_majority_share"] == 0.5  # balanced
     assert tuning["fractions"] == list(SMALL.finetune_fractions) and tuning["seeds"] == [0]
+    texts = [json.loads(line)["text"] for line in source]
+    assert not any(text in line for line in layout.corpus.read_text().splitlines() for text in texts)
 
     # Every run: the epoch chosen on validation, then the test file scored once; the report's figures are
     # the runs' own.

@@ -16,7 +16,7 @@ from pipeline.demo.downstream import (
     RunResult,
     Spread,
     apportion,
-    carve_test,
+    assign_folds,
     carve_validation,
     choose_learning_rates,
     compare,
@@ -24,15 +24,16 @@ from pipeline.demo.downstream import (
     majority_share,
     percent,
     plan_runs,
+    split_fold,
     spread,
     stratified_sample,
     subset_indices,
     subset_size,
     verdict,
 )
-from pipeline.demo.layout import CLASSIFY_TRAIN, CORPUS, SIZES, DemoLayout, DemoSize
+from pipeline.demo.layout import CLASSIFY_TRAIN, CORPUS, FOLDS, SIZES, DemoLayout, DemoSize, fold_of_seed
 from pipeline.demo.report import comparison_figures, mlflow_pages, plot_loss_curves, summary_table, trend_limits
-from pipeline.demo.steps import demo_steps, held_out_figures, training_examples, write_task_files
+from pipeline.demo.steps import demo_steps, held_out_figures, write_task_files
 
 LABELS = ["a"] * 240 + ["b"] * 240
 
@@ -88,9 +89,28 @@ def test_the_validation_carve_is_seeded_stratified_and_disjoint_from_training():
     assert sorted(train + validation) == list(range(len(LABELS)))
     assert Counter(LABELS[i] for i in validation) == {"a": 48, "b": 48}
     assert carve_validation(LABELS, 0.2, seed=1)[1] != validation
-    rest, test = carve_test(LABELS, 0.2, seed=0)
-    assert len(rest) == 384 and len(test) == 96 and Counter(LABELS[i] for i in test) == {"a": 48, "b": 48}
-    assert test != validation  # its own stream
+
+
+def test_folds_are_stratified_disjoint_and_cover_every_example_once():
+    labels = ["a"] * 100 + ["b"] * 50 + ["c"] * 11
+    fold_of = assign_folds(labels, 3, seed=0)
+    assert fold_of == assign_folds(labels, 3, seed=0) and fold_of != assign_folds(labels, 3, seed=1)
+    for label in "abc":
+        per_fold = Counter(f for f, x in zip(fold_of, labels, strict=True) if x == label)
+        assert max(per_fold.values()) - min(per_fold.values()) <= 1, (label, per_fold)
+    assert sorted(Counter(fold_of).values()) == [53, 54, 54]  # 161 dealt in turn
+    tested = []
+    for fold in range(3):
+        split = split_fold(fold_of, labels, fold, 0.2)
+        assert not set(split.train) & set(split.validation) and not set(split.test) & set(
+            split.train + split.validation
+        )
+        assert sorted(split.train + split.validation + split.test) == list(range(len(labels)))
+        assert len(split.validation) == subset_size(len(labels) - len(split.test), 0.2)
+        tested += split.test
+    assert sorted(tested) == list(range(len(labels)))  # every example is a test example exactly once
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        assign_folds(labels, 1, seed=0)
 
 
 def test_the_corpus_loses_exactly_the_lines_that_hold_a_test_text():
@@ -148,27 +168,31 @@ def test_task_files_and_commands_give_both_arms_the_same_examples(tmp_path):
     size = SIZES["full"]
     files = write_task_files(layout, size)
     source = [line for line in CLASSIFY_TRAIN.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train, validation, test = (
-        path.read_text(encoding="utf-8").splitlines()
-        for path in (layout.task_train, layout.task_validation, layout.task_test)
-    )
-    assert (files.train, files.validation, files.test) == (len(train), len(validation), len(test)) == (307, 77, 96)
-    assert training_examples(len(source)) == 307
-    assert Counter(train + validation + test) == Counter(source)
-    assert not set(train) & set(validation) and not set(test) & set(train + validation)
-    assert Counter(json.loads(line)["label"] for line in test) == {"c-api": 48, "tutorial": 48}
-    assert sorted(Counter(json.loads(line)["label"] for line in validation).values()) == [38, 39]
-    assert files.subsets == {0.1: 31, 0.3: 92, 1.0: 307}
+    tests = []
+    for fold in range(FOLDS):
+        train, validation, test = (
+            path.read_text(encoding="utf-8").splitlines()
+            for path in (layout.task_train(fold), layout.task_validation(fold), layout.task_test(fold))
+        )
+        assert (len(train), len(validation), len(test)) == (256, 64, 160)
+        assert [(len(s.train), len(s.validation), len(s.test)) for s in files.folds][fold] == (256, 64, 160)
+        assert Counter(train + validation + test) == Counter(source)
+        assert not set(train) & set(validation) and not set(test) & set(train + validation)
+        assert Counter(json.loads(line)["label"] for line in test) == {"c-api": 80, "tutorial": 80}
+        assert Counter(json.loads(line)["label"] for line in validation) == {"c-api": 32, "tutorial": 32}
+        tests += test
+    assert Counter(tests) == Counter(source)  # the folds' tests together are the labelled file
+    assert files.subsets == {(f, s): n for f, n in ((0.1, 26), (0.3, 77), (1.0, 256)) for s in range(3)}
 
-    # The pretraining corpus: the bundled one less each line that holds a test paragraph, and only those.
+    # The pretraining corpus: the bundled one less each line that holds a labelled paragraph, and only those.
     original = CORPUS.read_text(encoding="utf-8").splitlines()
     pretrained_on = layout.corpus.read_text(encoding="utf-8").splitlines()
-    test_texts = [json.loads(line)["text"] for line in test]
+    texts = [json.loads(line)["text"] for line in source]
     assert (
-        0 < files.corpus_lines_dropped <= len(test) and len(pretrained_on) == len(original) - files.corpus_lines_dropped
+        len(source) // 2 < files.corpus_lines_dropped <= len(source)
+        and len(pretrained_on) == len(original) - files.corpus_lines_dropped
     )
-    assert not any(text in line for line in pretrained_on for text in test_texts)
-    assert any(json.loads(line)["text"] in pretrained_on for line in train)  # training text stays in
+    assert not any(text in line for line in pretrained_on for text in texts)
 
     steps = demo_steps(layout, size)
     assert [s.name for s in steps[:3]] == ["vocabulary", "preprocess", "pretrain"]
@@ -178,24 +202,26 @@ def test_task_files_and_commands_give_both_arms_the_same_examples(tmp_path):
     by_pair: dict[tuple[float, int], dict[str, list[str]]] = {}
     for step in tuning:
         command, run = step.command, step.run
+        fold = fold_of_seed(run.seed)
         by_pair.setdefault((run.fraction, run.seed), {})[run.arm] = command
         assert option(command, "--learning-rate") == str(run.learning_rate)
-        assert option(command, "--validation") == str(layout.task_validation)
-        assert option(command, "--test") == str(layout.task_test)
+        assert option(command, "--validation") == str(layout.task_validation(fold))
+        assert option(command, "--test") == str(layout.task_test(fold))
         assert option(command, "--seed") == str(run.seed)
         assert option(command, "--epochs") == str(size.finetune_epochs)
         assert option(command, "--tracking-uri") == layout.tracking_uri
         assert option(command, "--output") == str(layout.finetune_run(run))
         assert ("--from-scratch" in command) == (run.arm == "scratch")
         assert ("--no-register" in command) == (not run.registered)
-        examples = subset_size(307, run.fraction)
+        examples = subset_size(256, run.fraction)
         assert step.total_steps == size.finetune_epochs * -(-examples // 32)
         with open(option(command, "--train"), encoding="utf-8") as handle:
             trained_on = handle.read().splitlines()
+        train = layout.task_train(fold).read_text(encoding="utf-8").splitlines()
         assert len(trained_on) == examples and set(trained_on) <= set(train)
-    for (fraction, _), arms in by_pair.items():
+    for (fraction, seed), arms in by_pair.items():
         assert option(arms["pretrained"], "--train") == option(arms["scratch"], "--train")
-        assert (option(arms["pretrained"], "--train") == str(layout.task_train)) == (fraction == 1.0)
+        assert (option(arms["pretrained"], "--train") == str(layout.task_train(seed % FOLDS))) == (fraction == 1.0)
     assert len({option(a["scratch"], "--train") for (f, _), a in by_pair.items() if f == 0.1}) == 3  # per seed
 
 
@@ -362,9 +388,8 @@ def synthetic_summary(layout: DemoLayout, table: dict[float, list[tuple[float, f
         "finetuning": {
             "task": "classify: tutorial or c-api paragraph",
             "epochs": 3,
-            "examples": {"labelled": 480, "train": 307, "validation": 77, "test": 96},
+            "examples": {"labelled": 480, "folds": 3, "train": [256] * 3, "validation": [64] * 3, "test": [160] * 3},
             "validation_fraction": 0.2,
-            "test_fraction": 0.2,
             "test_majority_share": 0.5,
             "fractions": sorted(table),
             "seeds": list(range(len(next(iter(table.values()))))),

@@ -76,11 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     print(f"demo: writing to {layout.root}")
     task = write_task_files(layout, size)
+    sizes = {len(part) for split in task.folds for part in (split.test, split.validation, split.train)}
+    first = task.folds[0]
     print(
-        f"demo: {CLASSIFY_TRAIN.name}: {task.test} paragraphs carved out as the test set (and the "
-        f"{task.corpus_lines_dropped} corpus lines that hold them left out of pretraining), {task.validation} to "
-        f"choose the best epoch, {task.train} to train on ({layout.tasks}); training on "
-        + ", ".join(f"{percent(f)}% ({n})" for f, n in task.subsets.items())
+        f"demo: {CLASSIFY_TRAIN.name}: {sum(len(s.test) for s in task.folds)} paragraphs dealt into {len(task.folds)} "
+        f"folds; seed s tests on fold s % {len(task.folds)} ({len(first.test)} paragraphs), chooses the epoch and "
+        f"the learning rate on {len(first.validation)} of the others and trains on {len(first.train)}"
+        + (" (the folds differ by an example or so)" if len(sizes) > 3 else "")
+        + f"; the {task.corpus_lines_dropped} corpus lines that hold a labelled paragraph are left out of "
+        f"pretraining ({layout.tasks}); training on "
+        + ", ".join(f"{percent(f)}% ({n})" for (f, seed), n in task.subsets.items() if seed == 0)
         + f" of them, {size.finetune_seeds} seed{'s' if size.finetune_seeds > 1 else ''}",
         flush=True,
     )

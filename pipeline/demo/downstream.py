@@ -1,12 +1,15 @@
-"""The demo's downstream experiment as pure functions: the labelled task split into training and validation
-examples, the seeded subsets of the training examples for each fraction, the plan of fine-tuning runs, the
-learning rate of each arm chosen on validation, and the test accuracies aggregated over seeds into means,
-spreads and the pretrained-minus-scratch gap.
+"""The demo's downstream experiment as pure functions: the labelled task dealt into stratified folds (each
+seed's runs are tested on one fold, so that every labelled example is a test example once and a gap is not
+the luck of one small test set), the validation and training examples of each fold, the seeded subsets of
+the training examples for each fraction, the plan of fine-tuning runs, the learning rate of each arm chosen
+on validation, and the test accuracies aggregated over seeds into means, spreads and the
+pretrained-minus-scratch gap.
 
-Both arms of a (fraction, seed) pair train on the same subset; the gap is taken per seed and then
-summarised, so its spread is the spread of the paired differences. Each arm runs at every learning rate of
-the plan and is compared at the one its validation accuracy prefers: random weights and pretrained weights
-want different rates, and one shared rate would decide the comparison before it is made."""
+Both arms of a (fraction, seed) pair train on the same subset and are tested on the same fold; the gap is
+taken per seed and then summarised, so its spread is the spread of the paired differences. Each arm runs at
+every learning rate of the plan and is compared at the one its validation accuracy prefers: random weights
+and pretrained weights want different rates, and one shared rate would decide the comparison before it is
+made."""
 
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 ARMS = ("pretrained", "scratch")  # fine-tuned from the pretrained champion, and from random weights
-SPLIT_SALT = 20_240  # separate streams for the validation carve, the per-seed subsets and the test carve
+SPLIT_SALT = 20_240  # separate streams for the validation carve, the per-seed subsets and the folds
 SUBSET_SALT = 20_241
-TEST_SALT = 20_242
+FOLD_SALT = 20_242
 
 
 def majority_share(labels: Iterable[Hashable]) -> float:
@@ -96,9 +99,45 @@ def carve_validation(labels: Sequence[Hashable], fraction: float, seed: int) -> 
     return carve(labels, fraction, seed, SPLIT_SALT)
 
 
-def carve_test(labels: Sequence[Hashable], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(the rest, test indices): the test split is scored once per run, and left out of pretraining too."""
-    return carve(labels, fraction, seed, TEST_SALT)
+def assign_folds(labels: Sequence[Hashable], folds: int, seed: int) -> list[int]:
+    """The fold (0 .. folds - 1) of each example: each label's examples permuted (seeded) and dealt out in
+    turn, so every fold holds each label's share to within one example, and the folds' sizes differ by at
+    most one per label."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    if len(labels) < folds:
+        raise ValueError(f"{len(labels)} examples cannot fill {folds} folds")
+    rng = np.random.default_rng([FOLD_SALT, seed])
+    by_label: dict[Hashable, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_label.setdefault(label, []).append(index)
+    fold_of = [0] * len(labels)
+    dealt = 0  # continue the turn across labels, so that the folds' totals stay level too
+    for indexes in by_label.values():
+        for index in (indexes[i] for i in rng.permutation(len(indexes))):
+            fold_of[index] = dealt % folds
+            dealt += 1
+    return fold_of
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """Indices into the labelled examples, each list in the file's order."""
+
+    train: list[int]
+    validation: list[int]  # chooses the epoch and the learning rate
+    test: list[int]  # the fold: scored once per run
+
+
+def split_fold(fold_of: Sequence[int], labels: Sequence[Hashable], fold: int, validation_fraction: float) -> FoldSplit:
+    """The fold is the test set; `validation_fraction` of the other folds (stratified, seeded by the fold)
+    chooses the epoch and the learning rate; the rest is for training."""
+    test = [i for i, f in enumerate(fold_of) if f == fold]
+    rest = [i for i, f in enumerate(fold_of) if f != fold]
+    if not test:
+        raise ValueError(f"fold {fold} is empty")
+    kept, held = carve_validation([labels[i] for i in rest], validation_fraction, fold)
+    return FoldSplit([rest[i] for i in kept], [rest[i] for i in held], test)
 
 
 def corpus_without(lines: Iterable[str], held_out: Sequence[str]) -> tuple[list[str], int]:
@@ -145,8 +184,8 @@ class FinetuneRun:
     @property
     def registered(self) -> bool:
         """The runs registered as the demo's classifier: from the pretrained model, every training example,
-        the first seed, one per learning rate; the registry's champion rule (validation accuracy) picks
-        among them."""
+        the first seed (fold), one per learning rate; the registry's champion rule (validation accuracy)
+        picks among them."""
         return self.arm == "pretrained" and self.fraction == 1.0 and self.seed == 0
 
 

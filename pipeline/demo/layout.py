@@ -65,10 +65,15 @@ SIZES = {
 }
 CORPUS = PYDOCS / "demo_corpus.txt"
 CLASSIFY_TRAIN = PYDOCS / "tasks" / "classify_train.jsonl"  # the labelled paragraphs the demo splits
-TEST_FRACTION = 0.2  # of CLASSIFY_TRAIN, carved out (stratified) as the test set, and left out of the corpus
-VALIDATION_FRACTION = 0.2  # of the rest, carved out (stratified) to choose the best epoch
+FOLDS = 3  # CLASSIFY_TRAIN dealt into stratified folds; seed s tests on fold s % FOLDS
+VALIDATION_FRACTION = 0.2  # of the other folds, carved out (stratified) to choose the epoch and learning rate
 SPLIT_SEED = 0
 MAX_SEQ_LENGTH = 128  # launch/preprocess.sh --phase 1
+
+
+def fold_of_seed(seed: int) -> int:
+    """The fold a seed's runs are tested on (seeds beyond FOLDS test the folds again, with other weights)."""
+    return seed % FOLDS
 
 
 @dataclass(frozen=True)
@@ -95,32 +100,31 @@ class DemoLayout:
 
     @property
     def tasks(self) -> Path:
-        """The labelled task as the fine-tuning runs read it: test, validation and training carved from
-        CLASSIFY_TRAIN, and the training subsets of the fractions below 1."""
+        """The labelled task as the fine-tuning runs read it: per fold the test, validation and training
+        files carved from CLASSIFY_TRAIN, and the training subsets of the fractions below 1."""
         return self.root / "tasks"
 
     @property
     def corpus(self) -> Path:
-        """CORPUS less the test paragraphs: what the vocabulary and the pretraining data are made from."""
+        """CORPUS less every labelled paragraph (each is a test paragraph in one fold): what the vocabulary and
+        the pretraining data are made from."""
         return self.root / "corpus.txt"
 
-    @property
-    def task_test(self) -> Path:
-        return self.tasks / "classify_test.jsonl"
+    def task_test(self, fold: int) -> Path:
+        return self.tasks / f"classify_fold{fold}_test.jsonl"
 
-    @property
-    def task_train(self) -> Path:
-        return self.tasks / "classify_train.jsonl"
+    def task_train(self, fold: int) -> Path:
+        return self.tasks / f"classify_fold{fold}_train.jsonl"
 
-    @property
-    def task_validation(self) -> Path:
-        return self.tasks / "classify_validation.jsonl"
+    def task_validation(self, fold: int) -> Path:
+        return self.tasks / f"classify_fold{fold}_validation.jsonl"
 
     def task_subset(self, fraction: float, seed: int) -> Path:
         """The training file of a run; both arms of a (fraction, seed) read the same one."""
+        fold = fold_of_seed(seed)
         if fraction == 1.0:
-            return self.task_train
-        return self.tasks / f"classify_train_{percent(fraction)}pct_seed{seed}.jsonl"
+            return self.task_train(fold)
+        return self.tasks / f"classify_fold{fold}_train_{percent(fraction)}pct_seed{seed}.jsonl"
 
     @property
     def finetune(self) -> Path:

@@ -27,10 +27,11 @@ from pipeline.demo.layout import (
     CLASSIFIER_MODEL,
     CLASSIFY_TRAIN,
     CORPUS,
+    FOLDS,
     REGISTERED_MODEL,
-    TEST_FRACTION,
     VALIDATION_FRACTION,
     DemoLayout,
+    fold_of_seed,
 )
 from pipeline.metrics import read_json_lines
 from pipeline.registry import CHAMPION, TAG_PREFIX
@@ -84,7 +85,8 @@ def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, 
     ]
     comparisons = compare(results, train_examples)
     registered = registered_champion(finished, registry[CLASSIFIER_MODEL]["aliases"].get(CHAMPION))
-    test_labels = read_labels(layout.task_test)
+    folds = sorted({fold_of_seed(run.seed) for run in runs})
+    test_labels = [label for fold in folds for label in read_labels(layout.task_test(fold))]
     return {
         "corpus": {
             "path": str(CORPUS),
@@ -107,15 +109,15 @@ def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, 
         "finetuning": {
             "task": TASK,
             "epochs": epochs,
-            "examples": {
+            "examples": {  # per fold; seed s is tested on fold s % folds
                 "labelled": len(read_labels(CLASSIFY_TRAIN)),
-                "train": len(read_labels(layout.task_train)),
-                "validation": len(read_labels(layout.task_validation)),
-                "test": len(test_labels),
+                "folds": FOLDS,
+                "train": [len(read_labels(layout.task_train(fold))) for fold in range(FOLDS)],
+                "validation": [len(read_labels(layout.task_validation(fold))) for fold in range(FOLDS)],
+                "test": [len(read_labels(layout.task_test(fold))) for fold in range(FOLDS)],
             },
             "validation_fraction": VALIDATION_FRACTION,
-            "test_fraction": TEST_FRACTION,
-            "test_majority_share": majority_share(test_labels),
+            "test_majority_share": majority_share(test_labels),  # over the folds the runs were tested on
             "fractions": sorted(train_examples),
             "seeds": sorted({run.seed for run in runs}),
             "learning_rates": sorted({run.learning_rate for run in runs}),
@@ -141,6 +143,12 @@ def collect(layout: DemoLayout, runs: Sequence[FinetuneRun], timings: dict[str, 
         "mlflow_pages": mlflow_pages(layout.tracking_uri, MLFLOW_UI),
         "timings_s": timings,
     }
+
+
+def size_range(sizes: Sequence[int]) -> str:
+    """'160', or '159-161' where the folds differ."""
+    low, high = min(sizes), max(sizes)
+    return f"{low}" if low == high else f"{low}-{high}"
 
 
 def registered_champion(finished: Sequence[dict[str, Any]], champion: int | None) -> dict[str, Any]:
@@ -280,12 +288,14 @@ def finetuning_lines(summary: dict[str, Any]) -> list[str]:
         )
     else:
         choice = f"the best of {epochs} (learning rate {rates[0]:g})"
+    folds = examples["folds"]
     lines = [
-        f"Fine-tuning ({tune['task']}): {examples['labelled']} labelled paragraphs; {examples['test']} "
-        f"({percent(tune['test_fraction'])}%, by label) are the test set, scored once per run and left out of the "
-        f"pretraining corpus, {examples['validation']} of the rest ({percent(tune['validation_fraction'])}%) choose "
-        f"{choice}, and {examples['train']} are for training. Test accuracy, {spread_note}; both columns of a "
-        f"row train on the same examples.",
+        f"Fine-tuning ({tune['task']}): {examples['labelled']} labelled paragraphs dealt into {folds} folds (by "
+        f"label); seed s tests on fold s % {folds} ({size_range(examples['test'])} paragraphs, scored once per run), "
+        f"and {size_range(examples['validation'])} of the other folds ({percent(tune['validation_fraction'])}%) "
+        f"choose {choice}; the other {size_range(examples['train'])} are for training. No labelled paragraph is in "
+        f"the pretraining corpus. Test accuracy, {spread_note}; both columns of a row train on the same examples "
+        "and are tested on the same fold.",
         "",
         f"| labelled training examples | from `models:/{champion['name']}@champion` (version {champion['version']}, "
         f"step {champion['step']}) | from random weights | gap, accuracy points |",
@@ -338,7 +348,7 @@ def summary_table(summary: dict[str, Any]) -> str:
         f"| champion exported for Hugging Face | `{artefacts['exported_champion']}` |",
         f"| registered pretrained model | `models:/{REGISTERED_MODEL}@champion` = version {champion['version']} of "
         f"{len(registry[REGISTERED_MODEL]['versions'])} |",
-        f"| the task's test, validation, training and subset files | `{artefacts['task_files']}` |",
+        f"| the task's folds: test, validation, training and subset files | `{artefacts['task_files']}` |",
         f"| fine-tuning runs (`<arm>-<percent>pct-lr<rate>-seed<seed>`) | `{artefacts['finetuning_runs']}` |",
         f"| registered classifier | `models:/{CLASSIFIER_MODEL}@champion` = version "
         f"{classifier_aliases.get(CHAMPION, '-')}, `{artefacts['registered_classifier']}` |",

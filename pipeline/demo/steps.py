@@ -17,11 +17,12 @@ from pathlib import Path
 from model.checkpoint import atomic_write_bytes
 from pipeline.demo.downstream import (
     FinetuneRun,
-    carve_test,
-    carve_validation,
+    FoldSplit,
+    assign_folds,
     corpus_without,
     percent,
     plan_runs,
+    split_fold,
     subset_indices,
     subset_size,
 )
@@ -30,14 +31,15 @@ from pipeline.demo.layout import (
     CLASSIFY_TRAIN,
     CORPUS,
     DEMO_CONFIG,
+    FOLDS,
     MAX_SEQ_LENGTH,
     REGISTERED_MODEL,
     ROOT,
     SPLIT_SEED,
-    TEST_FRACTION,
     VALIDATION_FRACTION,
     DemoLayout,
     DemoSize,
+    fold_of_seed,
 )
 from pipeline.distributed import free_port
 from pipeline.metrics import read_json_lines
@@ -114,9 +116,9 @@ def demo_steps(layout: DemoLayout, size: DemoSize) -> list[Step]:
             total_steps=size.pretrain_steps,
         ),
     ]
-    train_examples = training_examples(count_lines(CLASSIFY_TRAIN))
+    splits = fold_splits(labelled_examples(CLASSIFY_TRAIN)[1])
     for run in plan_runs(size.finetune_fractions, size.finetune_seeds, size.finetune_learning_rates):
-        examples = subset_size(train_examples, run.fraction)
+        examples = subset_size(len(splits[fold_of_seed(run.seed)].train), run.fraction)
         steps.append(
             Step(
                 run.name,
@@ -130,10 +132,16 @@ def demo_steps(layout: DemoLayout, size: DemoSize) -> list[Step]:
     return steps
 
 
-def training_examples(labelled: int) -> int:
-    """What is left for training of the labelled examples once the test and validation splits are carved out."""
-    rest = labelled - subset_size(labelled, TEST_FRACTION)
-    return rest - subset_size(rest, VALIDATION_FRACTION)
+def labelled_examples(source: Path) -> tuple[list[str], list[str]]:
+    """The labelled file's non-empty lines and their labels."""
+    lines = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return lines, [json.loads(line)["label"] for line in lines]
+
+
+def fold_splits(labels: list[str]) -> list[FoldSplit]:
+    """Every fold's training, validation and test indices: the demo's one way of splitting the task."""
+    fold_of = assign_folds(labels, FOLDS, SPLIT_SEED)
+    return [split_fold(fold_of, labels, fold, VALIDATION_FRACTION) for fold in range(FOLDS)]
 
 
 def finetune_title(run: FinetuneRun, examples: int) -> str:
@@ -149,8 +157,9 @@ def finetune_command(layout: DemoLayout, size: DemoSize, run: FinetuneRun) -> li
     """`launch/finetune.sh classify`: the epoch chosen on the carved validation split, then scored once on
     the carved test split. Every run is tracked in the demo's store; only the registered run registers."""
     command = [str(ROOT / "launch" / "finetune.sh"), "classify", "--model", f"models:/{REGISTERED_MODEL}@champion"]
+    fold = fold_of_seed(run.seed)
     command += ["--train", str(layout.task_subset(run.fraction, run.seed))]
-    command += ["--validation", str(layout.task_validation), "--test", str(layout.task_test)]
+    command += ["--validation", str(layout.task_validation(fold)), "--test", str(layout.task_test(fold))]
     command += ["--tracking-uri", layout.tracking_uri, "--seed", str(run.seed)]
     command += ["--epochs", str(size.finetune_epochs), "--learning-rate", str(run.learning_rate)]
     command += ["--batch-size", str(FINETUNE_BATCH_SIZE), "--max-seq-length", str(MAX_SEQ_LENGTH), "--log-every", "1"]
@@ -163,47 +172,44 @@ def finetune_command(layout: DemoLayout, size: DemoSize, run: FinetuneRun) -> li
 
 @dataclass(frozen=True)
 class TaskFiles:
-    train: int  # examples left for training
-    validation: int  # carved out to choose the best epoch
-    test: int  # carved out to score each run once, and left out of the pretraining corpus
-    subsets: dict[float, int]  # training examples at each fraction
-    corpus_lines_dropped: int  # lines of the corpus that held a test paragraph
+    folds: list[FoldSplit]  # each fold's training, validation and test examples (indices into the source)
+    subsets: dict[tuple[float, int], int]  # training examples of each (fraction, seed)
+    corpus_lines_dropped: int  # lines of the corpus that held a labelled paragraph
 
 
 def write_task_files(
     layout: DemoLayout, size: DemoSize, source: Path = CLASSIFY_TRAIN, corpus: Path = CORPUS
 ) -> TaskFiles:
-    """The test split carved from `source` (stratified, seeded), then the validation split from the rest, the
-    remainder as training, and each seed's subset for the fractions below 1, all under `layout.tasks` (lines
-    copied unchanged); and `corpus` less the lines that hold a test paragraph, as `layout.corpus`. All splits
-    come from the same files, so the test measures the task the classifier was trained for; the pretraining
-    corpus never holds the text it is tested on."""
-    lines = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    labels = [json.loads(line)["label"] for line in lines]
-    rest, test = carve_test(labels, TEST_FRACTION, SPLIT_SEED)
-    kept, validation = carve_validation([labels[i] for i in rest], VALIDATION_FRACTION, SPLIT_SEED)
-    train, validation = [rest[i] for i in kept], [rest[i] for i in validation]
+    """`source` dealt into FOLDS stratified folds; for each fold its test file (the fold), its validation file
+    (VALIDATION_FRACTION of the other folds) and its training file (the rest), and each seed's subsets for the
+    fractions below 1, all under `layout.tasks` (lines copied unchanged); and `corpus` less the lines that hold
+    a labelled paragraph, as `layout.corpus`. All splits come from the same files, so the test measures the
+    task the classifier was trained for; the pretraining corpus holds none of the labelled text, so no
+    model is pretrained on the text it is tested on, in any fold."""
+    lines, labels = labelled_examples(source)
+    folds = fold_splits(labels)
 
     def write(path: Path, indexes: list[int]) -> None:
         atomic_write_bytes(path, "".join(lines[i] + "\n" for i in indexes).encode("utf-8"))
 
     layout.tasks.mkdir(parents=True, exist_ok=True)
-    write(layout.task_test, test)
-    write(layout.task_train, train)
-    write(layout.task_validation, validation)
+    for fold, split in enumerate(folds):
+        write(layout.task_test(fold), split.test)
+        write(layout.task_train(fold), split.train)
+        write(layout.task_validation(fold), split.validation)
     corpus_lines, dropped = corpus_without(
-        corpus.read_text(encoding="utf-8").splitlines(), [json.loads(lines[i])["text"] for i in test]
+        corpus.read_text(encoding="utf-8").splitlines(), [json.loads(line)["text"] for line in lines]
     )
     atomic_write_bytes(layout.corpus, "".join(line + "\n" for line in corpus_lines).encode("utf-8"))
-    train_labels = [labels[i] for i in train]
     subsets = {}
     for fraction in size.finetune_fractions:
         for seed in range(size.finetune_seeds):
-            chosen = subset_indices(train_labels, fraction, seed)
+            train = folds[fold_of_seed(seed)].train
+            chosen = subset_indices([labels[i] for i in train], fraction, seed)
             if fraction < 1.0:
                 write(layout.task_subset(fraction, seed), [train[i] for i in chosen])
-            subsets[fraction] = len(chosen)
-    return TaskFiles(len(train), len(validation), len(test), subsets, dropped)
+            subsets[(fraction, seed)] = len(chosen)
+    return TaskFiles(folds, subsets, dropped)
 
 
 def count_lines(path: Path) -> int:
