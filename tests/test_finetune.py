@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.pretrain_runs import ROOT, cpu_env, free_port
+from tests.pretrain_runs import ROOT, cpu_env, free_port, metrics
 
 TASKS = ROOT / "tests" / "data" / "pydocs" / "tasks"
 CORPUS = ROOT / "tests" / "data" / "pydocs" / "corpus.txt"
@@ -352,7 +352,7 @@ def test_sigterm_keeps_the_best_epoch_that_ended_and_says_so(registry, tmp_path)
             command, cwd=ROOT, env=cpu_env(BERTPIPE_CACHE=registry["cache"]), stdout=handle, stderr=subprocess.STDOUT
         )
     deadline = time.monotonic() + 300
-    while not any("eval_accuracy" in r for r in records_so_far(output)):
+    while not any("eval_accuracy" in r for r in metrics(output)):
         assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
     launcher.send_signal(signal.SIGTERM)
@@ -367,16 +367,3 @@ def test_sigterm_keeps_the_best_epoch_that_ended_and_says_so(registry, tmp_path)
     assert log.read_text().splitlines()[-1] == f"finetune.sh: {status['message']} ({output / 'model'})"
     _, versions = registered(registry, "bert-tiny-classify-stopped")
     assert versions == []
-
-
-def records_so_far(output: Path) -> list[dict]:
-    path = output / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    found = []
-    for line in path.read_text().splitlines():
-        try:
-            found.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written
-            break
-    return found
