@@ -214,6 +214,28 @@ def test_the_demo_refuses_to_start_beside_a_default_hostfile(tmp_path, monkeypat
     assert not (tmp_path / "demo").exists()
 
 
+def test_the_demo_outside_a_checkout_says_what_it_needs(tmp_path):
+    """The packages alone, as an installed copy has them (no tests/data, no launch/): a clear refusal, exit 2,
+    and nothing written."""
+    import shutil
+
+    for package in ("model", "preprocessing", "pipeline"):
+        shutil.copytree(ROOT_DIR / package, tmp_path / "site" / package, ignore=shutil.ignore_patterns("__pycache__"))
+    output = tmp_path / "runs"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.demo", "--output", str(output)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith("demo: the demo runs from a checkout of the repository")
+    assert "tests/data/pydocs/demo_corpus.txt" in result.stderr and "launch/pretrain.sh" in result.stderr
+    assert "Traceback" not in result.stderr and not output.exists()
+
+
 def test_overwrite_removes_the_demo_outputs_and_nothing_else(tmp_path):
     layout = DemoLayout(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from model.checkpoint import atomic_write_bytes
 from pipeline.demo.downstream import percent
-from pipeline.demo.layout import CLASSIFY_TRAIN, DEFAULT_HOSTFILE, SIZES, DemoLayout
+from pipeline.demo.layout import CLASSIFY_TRAIN, DEFAULT_HOSTFILE, ROOT, SIZES, DemoLayout, missing_checkout_files
 from pipeline.demo.report import collect, plot_loss_curves, summary_table
 from pipeline.demo.steps import StepFailed, demo_steps, run_step, step_environment, write_task_files
 
@@ -53,6 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.finetune_seeds is not None:
         size = dataclasses.replace(size, finetune_seeds=args.finetune_seeds)
     layout = DemoLayout(args.output.resolve())
+    missing = missing_checkout_files()
+    if missing:
+        print(
+            f"demo: the demo runs from a checkout of the repository: it reads the bundled corpus and task "
+            f"(tests/data/pydocs), its config and the launch scripts, which an installed package does not carry; "
+            f"missing under {ROOT}: {', '.join(str(p.relative_to(ROOT)) for p in missing)}. Clone the repository "
+            f"and run `make demo` there",
+            file=sys.stderr,
+        )
+        return 2
     if DEFAULT_HOSTFILE.exists():
         print(
             f"demo: {DEFAULT_HOSTFILE} exists, and the launch scripts would start ranks on the machines "

@@ -71,6 +71,13 @@ SPLIT_SEED = 0
 MAX_SEQ_LENGTH = 128  # launch/preprocess.sh --phase 1
 
 
+def missing_checkout_files() -> list[Path]:
+    """What the demo reads from a checkout of the repository and an installed package lacks: the bundled
+    corpus and task, the demo's config and the launch scripts."""
+    needed = [CORPUS, CLASSIFY_TRAIN, DEMO_CONFIG / "train.json", ROOT / "launch" / "pretrain.sh"]
+    return [path for path in needed if not path.is_file()]
+
+
 def fold_of_seed(seed: int) -> int:
     """The fold a seed's runs are tested on (seeds beyond FOLDS test the folds again, with other weights)."""
     return seed % FOLDS
