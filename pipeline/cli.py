@@ -235,7 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     case = train.add_mutually_exclusive_group()
     case.add_argument("--lowercase", dest="lowercase", action="store_true", default=True, help="uncased (default)")
     case.add_argument("--cased", dest="lowercase", action="store_false", help="keep case")
-    train.add_argument("--sample-mb", type=float, default=1024.0, help="train on at most this much text")
+    train.add_argument(
+        "--sample-mb",
+        type=float,
+        default=1024.0,
+        help="learn from about this many MB of the stored corpus, drawn evenly across every file (windows of "
+        "uncompressed files, every n-th document of compressed ones, row groups of Parquet); all of a smaller corpus",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing vocabulary in --out")
     train.set_defaults(handler=_tokenizer_train)
 
