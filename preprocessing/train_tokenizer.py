@@ -98,12 +98,19 @@ def _parquet_paragraphs(read: SampleRead, column: str) -> Iterator[str]:
 
 
 def parquet_row_groups(files: Sequence[tuple[str, int]]) -> dict[str, int]:
+    """Each Parquet file's row-group count; a file that is not Parquet is named."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     counts = {}
     for path, _ in files:
-        with fs.open_read(path) as handle:
-            counts[path] = pq.ParquetFile(handle).num_row_groups
+        try:
+            with fs.open_read(path) as handle:
+                counts[path] = pq.ParquetFile(handle).num_row_groups
+        except (pa.ArrowException, OSError) as error:
+            raise PreprocessError(
+                f"{path} is not a readable Parquet file ({error}); check the file, or pass --format for another format"
+            ) from error
     return counts
 
 

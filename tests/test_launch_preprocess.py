@@ -70,13 +70,13 @@ def test_missing_input_is_a_clear_error(tmp_path, tokenizer_dir):
     assert "matches no file" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_tokenizer_training_refuses_parquet(tmp_path):
+def test_tokenizer_training_names_a_parquet_file_it_cannot_read(tmp_path):
     (tmp_path / "docs.parquet").write_bytes(b"PAR1")
     result = run(
         BERTPIPE, "tokenizer", "train", "--input", str(tmp_path / "docs.parquet"), "--out", str(tmp_path / "t")
     )
     assert result.returncode == 2
-    assert "train the tokenizer on text or JSON Lines" in result.stderr and "Traceback" not in result.stderr
+    assert "docs.parquet is not a readable Parquet file" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
