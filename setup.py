@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "sentencex>=1.0,<2",
     # Parquet input.
     "pyarrow>=14,<26",
+    "zstandard>=0.22,<0.26",  # .zst inputs
     "tqdm>=4.66,<5",
     # CPU and memory samples for MLflow's system metrics; the tests watch process trees with it.
     "psutil>=5.9,<8",

@@ -426,7 +426,9 @@ def _add_finetune_parser(commands: Any) -> None:
 
 
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, nargs="+", help="file globs (local, gs://, s3://; .gz/.bz2 ok)")
+    parser.add_argument(
+        "--input", required=True, nargs="+", help="file globs (local, gs://, s3://); .gz, .bz2, .xz, .zst decompressed"
+    )
     parser.add_argument("--format", choices=["text", "jsonl", "parquet"], help="default: from the file names")
     parser.add_argument("--text-field", default="text", help="JSON Lines field / Parquet column with the text")
 

@@ -24,7 +24,7 @@ BINARY_SIGNATURES = (
     (b"\x1f\x8b", "gzip-compressed", "name it .gz so that it is decompressed"),
     (b"BZh", "bzip2-compressed", "name it .bz2 so that it is decompressed"),
     (b"\xfd7zXZ\x00", "xz-compressed", "name it .xz so that it is decompressed"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "name it .zst so that it is decompressed"),
     (b"PK\x03\x04", "a zip archive", "extract it first"),
     (b"\x7fELF", "an executable or shared library", "leave it out of --input"),
     (b"%PDF-", "a PDF document", "extract its text first"),

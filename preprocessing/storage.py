@@ -148,14 +148,52 @@ def _url_of(filesystem: fsspec.AbstractFileSystem, path: str, pattern: str) -> s
     return filesystem.unstrip_protocol(path) if is_url(pattern) else path
 
 
-# Python's own decompressors over the raw stream: they give the line readers a bounded readline.
+class ZstdInput(io.RawIOBase):
+    """A Zstandard stream, decompressed as it is read (frames one after another, as `zstd` writes them), under
+    a buffered reader that gives the line readers a bounded readline. Read from its start to its end: the only
+    seek it takes is to where it already is, which is all the readers of a whole file ask for."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        import zstandard
+
+        self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True  # for the buffered reader's seek to the current position; anything else is refused
+
+    def readinto(self, buffer) -> int:
+        count = self._reader.readinto(buffer)
+        self._position += count
+        return count
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if (whence == io.SEEK_SET and offset == self._position) or (whence == io.SEEK_CUR and offset == 0):
+            return self._position
+        raise io.UnsupportedOperation("a zstd input is read from its start to its end")
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+        super().close()
+
+
+# Decompressors over the raw stream: each gives the line readers a bounded readline.
 DECOMPRESSORS = {
     ".gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
     ".bz2": bz2.BZ2File,
     ".xz": lzma.LZMAFile,
     ".lzma": lzma.LZMAFile,
+    ".zst": lambda raw: io.BufferedReader(ZstdInput(raw)),
+    ".zstd": lambda raw: io.BufferedReader(ZstdInput(raw)),
 }
-UNSUPPORTED_COMPRESSIONS = (".zip", ".zst", ".zstd", ".lz4", ".snappy", ".deflate", ".z", ".Z")
+UNSUPPORTED_COMPRESSIONS = (".zip", ".lz4", ".snappy", ".deflate", ".z", ".Z")
 
 
 class CompressionError(BertpipeError, ValueError):
@@ -167,7 +205,7 @@ def is_compressed(path: str) -> bool:
     if path.endswith(tuple(DECOMPRESSORS)):
         return True
     if path.endswith(UNSUPPORTED_COMPRESSIONS):
-        raise CompressionError(f"{path}: unsupported compression; use .gz, .bz2 or .xz, or decompress it first")
+        raise CompressionError(f"{path}: unsupported compression; use .gz, .bz2, .xz or .zst, or decompress it first")
     return False
 
 

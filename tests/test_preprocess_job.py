@@ -16,6 +16,7 @@ import msgpack
 import numpy as np
 import pytest
 import webdataset as wds
+import zstandard
 
 from preprocessing import preprocess
 from preprocessing.beam_job import JobParams
@@ -249,11 +250,17 @@ def test_compressed_jsonl_and_text_with_bad_records(tmp_path, tokenizer_dir):
         handle.write("{broken json\n")
         handle.write(json.dumps({"id": 99, "body": ""}) + "\n")
     with bz2.open(tmp_path / "part-1.jsonl.bz2", "wt", encoding="utf-8") as handle:
-        for i, text in enumerate(paragraphs[30:]):
+        for i, text in enumerate(paragraphs[30:45]):
             handle.write(json.dumps({"id": i, "body": text}) + "\n")
+    # zstd as the `zstd` tool writes a long input: several frames one after another
+    frames = [
+        zstandard.ZstdCompressor().compress("".join(json.dumps({"body": t}) + "\n" for t in part).encode("utf-8"))
+        for part in (paragraphs[45:52], paragraphs[52:60])
+    ]
+    (tmp_path / "part-2.jsonl.zst").write_bytes(b"".join(frames))
     params = JobParams(**{**PARAMS.to_dict(), "input_format": "jsonl", "text_field": "body", "whole_word_mask": True})
     outcome = preprocess.run(
-        [str(tmp_path / "*.jsonl.gz"), str(tmp_path / "*.jsonl.bz2")],
+        [str(tmp_path / "*.jsonl.gz"), str(tmp_path / "*.jsonl.bz2"), str(tmp_path / "*.jsonl.zst")],
         str(tokenizer_dir),
         str(tmp_path / "out"),
         params,
@@ -325,9 +332,9 @@ def test_a_retried_bundle_rewrites_the_same_bytes(tmp_path, tokenizer_dir):
 
 
 def test_unsupported_compression_and_impossible_parameters_fail_early(tmp_path, tokenizer_dir):
-    (tmp_path / "corpus.txt.zst").write_bytes(b"\x28\xb5\x2f\xfd not really zstd")
-    with pytest.raises(ValueError, match=r"corpus\.txt\.zst: unsupported compression; use \.gz, \.bz2 or \.xz"):
-        preprocess.run([str(tmp_path / "corpus.txt.zst")], str(tokenizer_dir), str(tmp_path / "o"), PARAMS)
+    (tmp_path / "corpus.txt.lz4").write_bytes(b"\x04\x22\x4d\x18 not really lz4")
+    with pytest.raises(ValueError, match=r"corpus\.txt\.lz4: unsupported compression; use \.gz, \.bz2, \.xz or \.zst"):
+        preprocess.run([str(tmp_path / "corpus.txt.lz4")], str(tokenizer_dir), str(tmp_path / "o"), PARAMS)
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match=r"max_predictions_per_seq=200 must be between 1 and .* = 125"):
         JobParams(max_predictions_per_seq=200)
@@ -380,3 +387,22 @@ def test_real_shards_collate_into_model_batches(datasets):
     out = BertForPreTraining(config)(**batch)
     assert out.mlm_count.item() == sum(len(s.masked_lm_positions) for s in samples)
     assert torch.isfinite(out.loss) and 5 < out.mlm_loss.item() < 12  # ~ln(3000) = 8 at initialisation
+
+
+def test_a_zstd_input_reads_as_its_text_line_by_line(tmp_path):
+    """Several frames back to back, lines longer than a frame's boundary: the same lines and documents as the
+    uncompressed file, read as a stream."""
+    from preprocessing import storage
+
+    text = CORPUS.read_bytes()[:200_000]
+    half = text.index(b"\n", len(text) // 2) + 7  # a frame boundary inside a line
+    packed = zstandard.ZstdCompressor().compress(text[:half]) + zstandard.ZstdCompressor().compress(text[half:])
+    (tmp_path / "corpus.txt.zst").write_bytes(packed)
+    (tmp_path / "corpus.txt").write_bytes(text)
+    with storage.open_input(str(tmp_path / "corpus.txt.zst")) as stream:
+        assert stream.readlines() == text.splitlines(keepends=True)
+    read = {}
+    for name in ("corpus.txt", "corpus.txt.zst"):
+        with storage.open_input(str(tmp_path / name)) as stream:
+            read[name] = [d.paragraphs for d in text_documents(stream, name, 0, 1 << 62, ReadStats())]
+    assert read["corpus.txt"] == read["corpus.txt.zst"] and len(read["corpus.txt"]) > 10
