@@ -57,6 +57,9 @@ FORMATS = ("text", "jsonl", "parquet")
 MIN_RANGE_BYTES = 1 << 20
 MAX_RANGE_BYTES = 64 << 20
 TOKENIZE_BATCH_SENTENCES = 4096
+# Tokenized documents a read task holds before it hands them on: a task's memory stays bounded whatever its
+# file's size (a compressed file is one task, however large).
+FLUSH_BYTES = 64 << 20
 
 # Runners that execute on this machine and keep their shuffles in memory.
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
@@ -192,7 +195,8 @@ def split_counts(outputs: beam.PCollection, step: str) -> tuple[beam.PCollection
 class ReadAndTokenize(beam.DoFn):
     """A read task -> its tokenized documents, by bucket.
 
-    With a `work_dir` (local runs) they go to one file per task and the element per bucket is
+    A task hands its documents on whenever it holds FLUSH_BYTES of them, and at its end. With a `work_dir`
+    (local runs) each hand-on is one file and the element per bucket is
     (bucket, (file, start, length)) naming that bucket's slice of it; without, the element is
     (bucket, encoded documents) for the runner's shuffle, which a distributed runner keeps on disk
     and which scales past the point where tasks x buckets slices would be too many files to read.
@@ -218,27 +222,39 @@ class ReadAndTokenize(beam.DoFn):
         by_bucket: dict[Bucket, list[bytes]] = defaultdict(list)
         pending: list[tuple[str, list[str]]] = []
         pending_sentences = 0
+        held, part = 0, 0
         for raw in self.read(task, read_stats):
             sentences = [s for paragraph in raw.paragraphs for s in self.splitter.split(paragraph, counters)]
             pending.append((raw.key, sentences))
             pending_sentences += len(sentences)
             if pending_sentences >= TOKENIZE_BATCH_SENTENCES:
-                self.tokenize(pending, counters, by_bucket)
+                held += self.tokenize(pending, counters, by_bucket)
                 pending, pending_sentences = [], 0
+                if held >= FLUSH_BYTES:
+                    yield from self.hand_on(task, part, by_bucket)
+                    by_bucket, held, part = defaultdict(list), 0, part + 1
         self.tokenize(pending, counters, by_bucket)
+        yield from self.hand_on(task, part, by_bucket)
         counters.update(read_stats.as_dict())
+        yield counted(dict(counters))
 
+    def hand_on(self, task: ReadTask, part: int, by_bucket: dict[Bucket, list[bytes]]) -> Iterator[Any]:
+        """The documents tokenized so far, by bucket: to the shuffle, or to one work file (the task's `part`-th)
+        and a (file, start, length) slice of it per bucket. A bucket may get several parts from one task; its
+        documents are sorted by key before use, so the parts' boundaries change nothing."""
         chunks = [(bucket, b"".join(by_bucket[bucket])) for bucket in sorted(by_bucket)]
         if self.work_dir is None:
             yield from chunks
-        elif chunks:
-            path = fs.join(self.work_dir, f"documents-{task.index:06d}.msgpack")
-            fs.write_atomically(path, b"".join(data for _, data in chunks))
-            offset = 0
-            for bucket, data in chunks:
-                yield bucket, (path, offset, len(data))
-                offset += len(data)
-        yield counted(dict(counters))
+            return
+        if not chunks:
+            return
+        suffix = f"-{part}" if part else ""
+        path = fs.join(self.work_dir, f"documents-{task.index:06d}{suffix}.msgpack")
+        fs.write_atomically(path, b"".join(data for _, data in chunks))
+        offset = 0
+        for bucket, data in chunks:
+            yield bucket, (path, offset, len(data))
+            offset += len(data)
 
     def read(self, task: ReadTask, stats: docs.ReadStats) -> Iterator[docs.RawDocument]:
         if self.params.input_format == "parquet":
@@ -256,7 +272,9 @@ class ReadAndTokenize(beam.DoFn):
         pending: list[tuple[str, list[str]]],
         counters: Counter[str],
         by_bucket: dict[Bucket, list[bytes]],
-    ) -> None:
+    ) -> int:
+        """Tokenizes `pending` into `by_bucket`; returns the bytes added."""
+        added = 0
         flat = [s for _, sentences in pending for s in sentences]
         encodings = self.tokenizer.encode_batch_fast(flat, add_special_tokens=False) if flat else []
         cursor = 0
@@ -269,9 +287,10 @@ class ReadAndTokenize(beam.DoFn):
             counters["sentences"] += document.num_sentences
             counters["input_tokens"] += len(document.tokens)
             counters["single_sentence_documents"] += document.num_sentences == 1
-            by_bucket[assign(key, self.params.seed, self.params.validation_fraction, self.plan)].append(
-                encode_document(key, document)
-            )
+            encoded = encode_document(key, document)
+            by_bucket[assign(key, self.params.seed, self.params.validation_fraction, self.plan)].append(encoded)
+            added += len(encoded)
+        return added
 
 
 def encode_document(key: str, document: Document) -> bytes:

@@ -406,3 +406,38 @@ def test_a_zstd_input_reads_as_its_text_line_by_line(tmp_path):
         with storage.open_input(str(tmp_path / name)) as stream:
             read[name] = [d.paragraphs for d in text_documents(stream, name, 0, 1 << 62, ReadStats())]
     assert read["corpus.txt"] == read["corpus.txt.zst"] and len(read["corpus.txt"]) > 10
+
+
+@pytest.mark.slow
+def test_a_large_task_hands_on_its_documents_in_parts_and_the_shards_stay_the_same(
+    tmp_path, tokenizer_dir, datasets, monkeypatch
+):
+    """With the held bytes capped low, one read task of the whole corpus (gzip: one task) writes several work
+    files instead of holding every tokenized document, and the dataset is byte for byte the uncapped one's."""
+    from preprocessing import beam_job
+    from preprocessing.beam_job import ReadAndTokenize, ReadTask
+
+    monkeypatch.setattr(beam_job, "FLUSH_BYTES", 64 << 10)
+    monkeypatch.setattr(beam_job, "TOKENIZE_BATCH_SENTENCES", 256)  # the held bytes are checked per batch
+    tokenizer_json = load_tokenizer(tokenizer_dir).to_str()
+    plan = plan_buckets(CORPUS.stat().st_size, PARAMS.bucket_mb, PARAMS.validation_fraction)
+    step = ReadAndTokenize(PARAMS, plan, tokenizer_json, str(tmp_path / "work"))
+    step.setup()
+    (tmp_path / "work").mkdir()
+    slices = [o for o in step.process(ReadTask(0, str(CORPUS), CORPUS.name, 0, 1 << 62, False)) if isinstance(o, tuple)]
+    files = sorted(p.name for p in (tmp_path / "work").iterdir())
+    parts = ["documents-000000.msgpack", *(f"documents-000000-{k}.msgpack" for k in range(1, len(files)))]
+    assert len(files) > 3 and sorted(parts) == files
+    assert {path for _, (path, _, _) in slices} == {str(tmp_path / "work" / name) for name in files}
+
+    corpus = tmp_path / "corpus.txt.gz"
+    corpus.write_bytes(gzip.compress(CORPUS.read_bytes()))
+    capped = tmp_path / "capped"
+    preprocess.run([str(corpus)], str(tokenizer_dir), str(capped), PARAMS, IN_PROCESS)
+    whole = tmp_path / "whole"
+    monkeypatch.setattr(beam_job, "FLUSH_BYTES", 1 << 40)
+    preprocess.run([str(corpus)], str(tokenizer_dir), str(whole), PARAMS, IN_PROCESS)
+    tars = sorted(p.name for p in whole.glob("*.tar"))
+    assert tars and tars == sorted(p.name for p in capped.glob("*.tar"))
+    for name in tars:
+        assert (capped / name).read_bytes() == (whole / name).read_bytes(), name
