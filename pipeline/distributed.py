@@ -36,7 +36,7 @@ def init_distributed() -> tuple[int, int, bool]:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     with prints_to_debug(log):  # on CPU each rank prints that DeepSpeed's communication op loaded
         deepspeed.init_distributed(dist_backend=None if on_gpu else "gloo", auto_mpi_discovery=False)
-    if not on_gpu and dist.get_world_size() > 1:
+    if not on_gpu:  # a launcher's world of one gets a segment too
         dist.barrier()  # every rank has mapped its peers' segments: the names are no longer needed
         unlink_cpu_allreduce_segment(dist.get_rank())
     return dist.get_rank(), dist.get_world_size(), on_gpu

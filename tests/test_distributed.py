@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.pretrain_runs import ROOT, cpu_env, free_port
 
 # Each rank records whether DeepSpeed's segment was there under the name we compute, then all-reduces
@@ -33,12 +35,13 @@ print(json.dumps({"rank": rank, "world": world, "existed": existed, "sum": total
 """
 
 
-def test_cpu_ranks_leave_no_shared_memory_segments_behind():
+@pytest.mark.parametrize("world", [2, 1])  # one rank as a launcher starts it (LOCAL_SIZE set) gets a segment too
+def test_cpu_ranks_leave_no_shared_memory_segments_behind(world):
     port = str(free_port())
     ranks = []
-    for rank in range(2):
+    for rank in range(world):
         env = cpu_env(
-            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_SIZE="2",
+            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_SIZE=str(world),
             MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
         )  # fmt: skip
         command = [sys.executable, "-c", RANK]
@@ -48,10 +51,10 @@ def test_cpu_ranks_leave_no_shared_memory_segments_behind():
         assert process.returncode == 0, err.decode()[-3000:]
     reports = sorted((json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs), key=lambda r: r["rank"])
 
-    assert [r["world"] for r in reports] == [2, 2]
-    assert [r["sum"] for r in reports] == [3.0, 3.0]
+    assert [r["world"] for r in reports] == [world] * world
+    assert [r["sum"] for r in reports] == [world * (world + 1) / 2] * world
     # DeepSpeed made one segment per rank under the name computed here; it is gone while the ranks run
-    assert [r["existed"] for r in reports] == [[True], [True]]
-    assert [r["left"] for r in reports] == [False, False]
+    assert [r["existed"] for r in reports] == [[True]] * world
+    assert [r["left"] for r in reports] == [False] * world
     leftovers = sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
     assert leftovers == []
