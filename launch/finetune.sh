@@ -23,18 +23,11 @@
 # HOSTFILE names the DeepSpeed hostfile (default launch/hostfile, if present; see launch/hostfile.example);
 # inside a Slurm allocation the hostfile is built from it. SIGTERM or SIGINT reaches every rank. The same
 # launcher as launch/pretrain.sh (pipeline/launcher.py): see there for what is forwarded to other nodes.
-# BERTPIPE_PYTHON names the Python to use (default: the project's .venv, else python3 on PATH).
+# BERTPIPE_PYTHON names the Python to use (default: the project's .venv, else python3 on PATH). The file's
+# end is Python too: `deepspeed launch/finetune.sh ...` without --no_python runs the file with Python.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/lib/python.sh"
-PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m pipeline.launcher finetune "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/python.sh" && hand_over "$@"
 ":"""
-# Read by Python only when a launcher runs this file with Python (`deepspeed launch/finetune.sh ...` without
-# --no_python): the file is both a bash script (above; the first line is bash's no-op `:`) and a Python one.
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.launcher import main  # noqa: E402
-
-sys.exit(main(["finetune", *sys.argv[1:]]))
+import pathlib, sys; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from pipeline.launcher import run_script; run_script(__file__)
 

@@ -439,6 +439,12 @@ def job_help(kind: str) -> str:
     return buffer.getvalue()
 
 
+def run_script(script: str) -> None:
+    """The Python half of `launch/pretrain.sh` and `launch/finetune.sh` (run when a launcher starts the file with
+    Python): the job is the script's name."""
+    sys.exit(main([Path(script).stem, *sys.argv[1:]]))
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -96,3 +96,11 @@ def test_the_script_also_runs_as_python_as_the_deepspeed_command_runs_it(tmp_pat
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert f"error: dataset directory {tmp_path / 'absent'} does not exist" in result.stderr
+
+
+def test_the_finetune_script_runs_as_python_too_and_is_the_finetune_job():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("finetune.sh")), "--help"], capture_output=True, text=True, cwd="/"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Fine-tuning under the deepspeed launcher") and "bertpipe finetune" in result.stdout
