@@ -49,6 +49,41 @@ HTTP_MAX_RETRIES = 0  # the thread retries with its own backoff; urllib3 retries
 Status = Literal["FINISHED", "KILLED", "FAILED"]
 
 
+class _ThreadHttpSettings(threading.local):
+    installed = False  # class-wide: MLflow's two settings ask the thread (install_thread_http_settings)
+    timeout: int | None = None
+    max_retries: int | None = None
+
+
+THREAD_HTTP = _ThreadHttpSettings()  # what a tracker's thread sets for its own requests
+_install_lock = threading.Lock()
+
+
+def install_thread_http_settings() -> None:
+    """MLflow reads its HTTP timeout and retry count from the environment at every request and has no
+    per-client setting. Setting them in the environment would hand a tracker's short timeout to every other
+    MLflow call of the process too (a registry upload of a large model among them). Instead the two settings
+    ask the calling thread first: a tracker's thread answers with its own values; every other thread, and any
+    value the user exported, get what MLflow would give."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    with _install_lock:
+        if _ThreadHttpSettings.installed:
+            return
+        for variable, attribute in (
+            (MLFLOW_HTTP_REQUEST_TIMEOUT, "timeout"),
+            (MLFLOW_HTTP_REQUEST_MAX_RETRIES, "max_retries"),
+        ):
+            from_environment = variable.get
+
+            def get(variable=variable, attribute=attribute, from_environment=from_environment):
+                value = getattr(THREAD_HTTP, attribute)
+                return from_environment() if value is None or variable.is_set() else value
+
+            variable.get = get
+        _ThreadHttpSettings.installed = True
+
+
 def tracking_uri(output_dir: str | Path, explicit: str | None = None) -> str:
     """The explicit URI, else MLFLOW_TRACKING_URI, else a sqlite store inside the run's output directory,
     so that a run without a server still has its MLflow history next to its checkpoints."""
@@ -191,12 +226,9 @@ class RunTracker:
         self.flush_interval_s = flush_interval_s
         self.retry_max_s = retry_max_s
         self.system_metrics_interval_s = system_metrics_interval_s
-        if uri.startswith(("http://", "https://")):
-            # MLflow reads these from the environment at every request and has no per-client setting; its
-            # defaults (120 s, 7 retries with backoff) hold a request for minutes when the server is gone.
-            # Values the user exported win.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_MAX_RETRIES))
+        self._http = uri.startswith(("http://", "https://"))
+        if self._http:
+            install_thread_http_settings()
         self._lock = threading.Lock()
         self._metrics: deque[tuple[str, float, int, int]] = deque(maxlen=max_pending)
         self._params: dict[str, str] = {}
@@ -346,6 +378,8 @@ class RunTracker:
     # -- the thread --------------------------------------------------------------------------------
 
     def _work(self) -> None:
+        if self._http:  # this thread's requests only: MLflow's defaults hold one for minutes when the server is gone
+            THREAD_HTTP.timeout, THREAD_HTTP.max_retries = HTTP_TIMEOUT_S, HTTP_MAX_RETRIES
         sampler = self._system_sampler()
         next_sample = time.monotonic() + (self.system_metrics_interval_s or 0.0)
         client: MlflowClient | None = None

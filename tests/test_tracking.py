@@ -28,8 +28,8 @@ FAST = {"flush_interval_s": 0.2, "retry_max_s": 1.0}  # a test's patience, not t
 
 @pytest.fixture
 def http_env() -> Iterator[None]:
-    """The tracker sets MLflow's HTTP timeout and retries process-wide (MLflow has no per-client setting);
-    undo that after the test."""
+    """No HTTP timeout or retry count exported by the environment the suite runs in: the test sees MLflow's
+    defaults and the tracker's own."""
     saved = {name: os.environ.pop(name, None) for name in HTTP_ENV}
     yield
     for name, value in saved.items():
@@ -153,11 +153,51 @@ def test_an_unreachable_store_is_reported_after_its_first_attempt(tmp_path, http
     tracker.finish(timeout_s=1)
 
 
+def test_the_trackers_short_http_timeout_is_its_threads_alone(tmp_path, http_env, monkeypatch):
+    """A server that accepts and never answers: the tracker's thread gives up after its own 5 s, while every
+    other thread of the process (a registry upload, say) keeps MLflow's default, and a value the user
+    exported is used by both."""
+    import socket
+    import threading
+
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    from pipeline.tracking import HTTP_TIMEOUT_S, THREAD_HTTP
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections are accepted by the kernel and never answered
+    try:
+        tracker = RunTracker(f"http://127.0.0.1:{silent.getsockname()[1]}", system_metrics_interval_s=None, **FAST)
+        tracker.start("silent", wait_s=0.0)
+        began = time.monotonic()
+        assert tracker.wait_for_run(timeout_s=120) is None
+        assert HTTP_TIMEOUT_S <= time.monotonic() - began < 30  # its own timeout, not MLflow's 120 s
+        tracker.finish(timeout_s=1)
+    finally:
+        silent.close()
+    assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 120 and MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 7  # this thread
+    assert not {"MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"} & set(os.environ)
+
+    seen = {}
+
+    def as_the_trackers_thread() -> None:
+        THREAD_HTTP.timeout = HTTP_TIMEOUT_S
+        seen["own"] = MLFLOW_HTTP_REQUEST_TIMEOUT.get()
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+        seen["exported"] = MLFLOW_HTTP_REQUEST_TIMEOUT.get()
+
+    thread = threading.Thread(target=as_the_trackers_thread)
+    thread.start()
+    thread.join()
+    assert seen == {"own": HTTP_TIMEOUT_S, "exported": 7} and MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 7
+
+
 def test_server_down_at_start(tmp_path, servers, http_env, caplog):
     caplog.set_level(logging.INFO, logger="pipeline.tracking")
     port = free_port()
     tracker = RunTracker(f"http://127.0.0.1:{port}", system_metrics_interval_s=None, **FAST)
-    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert not {"MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"} & set(os.environ)
     assert tracker.start("down-at-start", run_name="late", tags={"phase": "1"}) is None
     tracker.log_params({"train": {"lr": 1e-4}})
     for step in range(1, 10_001):
