@@ -1,10 +1,14 @@
-"""Learning-rate schedules: linear warmup, then linear or polynomial decay (BERT's recipe)."""
+"""Learning-rate schedules: linear warmup, then linear or polynomial decay (BERT's recipe).
+
+`polynomial` decays from the peak over the steps after warmup; `polynomial_total` is NVIDIA's BERT
+`PolyWarmUpScheduler`, (1 - step / total_steps) ** power over the whole run, so that the first step after
+warmup is already below the peak (0.846 of it after a 28.43% warmup at power 0.5)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DECAYS = ("linear", "polynomial", "constant")
+DECAYS = ("linear", "polynomial", "polynomial_total", "constant")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,9 @@ class Schedule:
             return (step + 1) / self.warmup_steps
         if self.decay == "constant":
             return 1.0
+        if self.decay == "polynomial_total":  # the progress of the whole run, counted as NVIDIA counts it
+            shape = max(0.0, 1.0 - (step + 1) / self.total_steps) ** self.power
+            return self.end_ratio + (1.0 - self.end_ratio) * shape
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         remaining = max(0.0, 1.0 - (step - self.warmup_steps) / decay_steps)
         shape = remaining if self.decay == "linear" else remaining**self.power

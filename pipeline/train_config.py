@@ -36,7 +36,7 @@ class TrainConfig:
     train_steps: int = 100  # optimizer steps
     warmup_steps: int | None = None  # steps of linear warmup; give this or warmup_proportion
     warmup_proportion: float | None = None  # of train_steps; give this or warmup_steps
-    lr_decay: str = "linear"  # linear | polynomial | constant
+    lr_decay: str = "linear"  # linear | polynomial (from the peak) | polynomial_total (NVIDIA's, whole run) | constant
     lr_decay_power: float = 1.0  # exponent of the polynomial decay
     lr_end_ratio: float = 0.0  # the last step's learning rate as a share of the peak
     eval_every: int = 0  # steps; 0: only at the end

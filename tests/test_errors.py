@@ -61,7 +61,7 @@ def test_a_pretrain_config_that_fails_validation_exits_2_before_anything_runs(tm
     code = cli.main(["pretrain", *arguments, "--set", "lr_decay=cosine"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "error: lr_decay must be one of ('linear', 'polynomial', 'constant'), not 'cosine'" in err
+    assert "error: lr_decay must be one of ('linear', 'polynomial', 'polynomial_total', 'constant'), not" in err
     assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 

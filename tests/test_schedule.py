@@ -46,6 +46,22 @@ def test_polynomial_decay():
     assert square.factor(12) == pytest.approx(0.2)
 
 
+def test_polynomial_over_the_whole_run_is_nvidias_poly_warmup():
+    """NVIDIA's PolyWarmUpScheduler: lr = peak * p / warmup below the warmup share, else peak * (1 - p) ** 0.5,
+    with p = (step + 1) / total (their scheduler counts the step being taken)."""
+    schedule = Schedule(total_steps=10, warmup_steps=3, decay="polynomial_total", power=0.5)
+    assert [schedule.factor(s) for s in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert schedule.factor(3) == pytest.approx(math.sqrt(1 - 4 / 10))  # below the peak right after warmup
+    assert schedule.factor(6) == pytest.approx(math.sqrt(1 - 7 / 10))
+    assert schedule.factor(9) == 0.0 and schedule.factor(12) == 0.0
+    phase1 = Schedule(total_steps=7038, warmup_steps=round(0.2843 * 7038), decay="polynomial_total", power=0.5)
+    assert phase1.factor(phase1.warmup_steps) == pytest.approx(0.846, abs=5e-4)
+    from_the_peak = Schedule(total_steps=7038, warmup_steps=phase1.warmup_steps, decay="polynomial", power=0.5)
+    assert from_the_peak.factor(phase1.warmup_steps) == 1.0  # the other shape: 13% more over phase 1
+    area = sum(from_the_peak.factor(s) for s in range(7038)) / sum(phase1.factor(s) for s in range(7038))
+    assert 1.1 < area < 1.25
+
+
 def test_polynomial_of_power_one_is_linear():
     linear = Schedule(total_steps=20, warmup_steps=3, end_ratio=0.05)
     polynomial = Schedule(total_steps=20, warmup_steps=3, decay="polynomial", power=1.0, end_ratio=0.05)
@@ -79,7 +95,7 @@ def test_lambda_lr_applies_the_factor_of_each_optimizer_step():
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"decay": "cosine"}, r"unknown lr decay 'cosine'; choose one of \('linear', 'polynomial', 'constant'\)"),
+        ({"decay": "cosine"}, r"unknown lr decay 'cosine'; choose one of \('linear', 'polynomial', 'polynomial_total'"),
         ({"warmup_steps": 11}, r"warmup_steps \(11\) must be between 0 and the total steps \(10\)"),
         ({"warmup_steps": -1}, r"warmup_steps \(-1\) must be between 0"),
         ({"power": 0.0}, "decay power must be > 0"),

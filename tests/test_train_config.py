@@ -94,7 +94,7 @@ def test_ints_are_accepted_where_floats_are_expected_and_none_where_optional():
         ({"attention_init": "random"}, r"attention_init must be one of \('local', 'bert'\), not 'random'"),
         ({"train_steps": 4}, r"warmup_steps must be between 0 and train_steps \(4\), not 5"),
         ({"warmup_steps": -1}, r"warmup_steps must be between 0 and train_steps \(100\), not -1"),
-        ({"lr_decay": "cosine"}, r"lr_decay must be one of \('linear', 'polynomial', 'constant'\), not 'cosine'"),
+        ({"lr_decay": "cosine"}, r"lr_decay must be one of \('linear', 'polynomial', 'polynomial_total', 'constant'\)"),
         ({"lr_decay_power": 0}, "lr_decay_power must be greater than 0, not 0"),
         ({"lr_end_ratio": 1.5}, r"lr_end_ratio must be in \[0, 1\], not 1.5"),
     ],
