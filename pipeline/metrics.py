@@ -84,24 +84,33 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 class Throughput:
-    """Sequences and real tokens per second over the interval since the last report."""
+    """Over the interval since the last report: sequences, real tokens and padded tokens per second, the share
+    of the padded tokens that are padding (compute spent on nothing), and the share of the time spent waiting
+    for the next batch."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.sequences = 0
         self.tokens = 0
         self.padded_tokens = 0
+        self.waiting_s = 0.0
 
     def add(self, sequences: int, tokens: int, padded_tokens: int) -> None:
         self.sequences += sequences
         self.tokens += tokens
         self.padded_tokens += padded_tokens
 
+    def add_wait(self, seconds: float) -> None:
+        self.waiting_s += seconds
+
     def report(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         result = {
             "sequences_per_s": self.sequences / elapsed,
             "tokens_per_s": self.tokens / elapsed,
+            "padded_tokens_per_s": self.padded_tokens / elapsed,
+            "padding_share": 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0,
+            "data_wait_share": min(1.0, self.waiting_s / elapsed),
             "mean_padded_length": self.padded_tokens / max(self.sequences, 1),
         }
         self.__init__()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from model import BertConfig, BertForPreTraining
+from model import PRESETS, BertConfig, BertForPreTraining
 from model.checkpoint import atomic_write_bytes
 from model.flops import peak_bf16_flops, pretraining_step_flops
 from model.local_attention_init import init_local_attention
@@ -149,6 +150,7 @@ class Trainer:
         self.unigram = unigram_log_probs(counts, special.values())  # the context-free guess evaluations compare to
         self.tracker: RunTracker | None = None
         self.best_eval_loss = float("inf")
+        self.evaluations: dict[int, dict[str, float]] = {}  # by step
         self.final_state = "running"
         self.unregistered: list[int] = []  # steps whose registration failed
         dist.barrier()  # every rank has passed the checks before anything is written
@@ -299,7 +301,9 @@ class Trainer:
         consecutive_nonfinite = skipped_batches = 0
         last_saved = step if self.resume_tag is not None else None
         while step < train.train_steps:
+            waited = time.perf_counter()
             batch = next(self.batches)
+            throughput.add_wait(time.perf_counter() - waited)
             gpu_batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
             out = engine(**gpu_batch)
             flags = torch.stack(
@@ -403,7 +407,10 @@ class Trainer:
             "skipped_batches": skipped,
             "bad_shards_skipped": self._bad_shards_skipped(),
             "sequences_per_s": rates["sequences_per_s"] * self.world_size,
-            "tokens_per_s": rates["tokens_per_s"] * self.world_size,
+            "tokens_per_s": rates["tokens_per_s"] * self.world_size,  # real tokens
+            "padded_tokens_per_s": rates["padded_tokens_per_s"] * self.world_size,  # what the model computes on
+            "padding_share": rates["padding_share"],  # of this rank's batches
+            "data_wait_share": rates["data_wait_share"],  # of this rank's time, waiting for its next batch
         }
         record["mfu"] = self._mfu(record["sequences_per_s"], rates["mean_padded_length"])
         return record
@@ -433,6 +440,7 @@ class Trainer:
         result = evaluate(self.engine, self.eval_batches, self.engine.device, self.mask_id, self.unigram)
         improved = result.mlm_loss < self.best_eval_loss
         self.best_eval_loss = min(self.best_eval_loss, result.mlm_loss)
+        self.evaluations[step] = result.as_metrics()  # a registration at this step is tagged with it
         if metrics is not None:
             metrics.write({"step": step, **result.as_metrics()})
         if self.tracker is not None:
@@ -529,13 +537,23 @@ class Trainer:
             log.warning("MLflow is unavailable, so step %d was not registered; %s", step, later)
             self.unregistered.append(step)
             return f"not registered (MLflow unavailable); {later}"
-        from pipeline.registry import register_checkpoint
+        from pipeline.registry import CheckpointFacts, default_model_name, register_run_checkpoint
 
         announce(f"step {step}: exporting and registering the checkpoint")
+        facts = CheckpointFacts(  # what this run holds: nothing is read back from its files
+            step=step,
+            phase=self.train.phase or None,
+            dataset=absolute(self.request.dataset),
+            dataset_manifest_sha256=self.manifest_sha256,
+            world_size=self.world_size,
+            model_name=self.train.registered_model_name
+            or default_model_name(self.train.model if self.train.model in PRESETS else None),
+            run_id=run_id,
+            evaluation=self.evaluations.get(step, {}),
+        )
+        tag_dir = self.output / CHECKPOINTS / checkpointing.tag_for(step)
         try:
-            registration = register_checkpoint(
-                self.output, self.tracker.uri, tag=checkpointing.tag_for(step), run_id=run_id, phase=self.train.phase
-            )
+            registration = register_run_checkpoint(tag_dir, self.output, facts, self.tracker.uri)
         except Exception as error:  # a registry problem must not fail a finished run
             log.warning("registering step %d failed (%s: %s); %s", step, type(error).__name__, error, later)
             self.unregistered.append(step)

@@ -37,3 +37,22 @@ def test_a_refused_write_leaves_only_whole_lines_and_a_clear_error(tmp_path):
     assert result.returncode == 3, result.stderr
     assert f"cannot append to {path}: File too large (step 2); the run stops here: free space" in result.stdout
     assert path.read_text() == json.dumps({"step": 1, "loss": 7.0}) + "\n"  # the torn second line is gone
+
+
+def test_throughput_reports_real_and_padded_rates_the_padding_share_and_the_wait(monkeypatch):
+    from pipeline import metrics
+
+    clock = iter([100.0, 104.0, 104.0])  # starts at 100 s, reported at 104 s, the next interval starts
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    throughput = metrics.Throughput()
+    throughput.add(sequences=8, tokens=600, padded_tokens=1024)
+    throughput.add(sequences=8, tokens=424, padded_tokens=1024)
+    throughput.add_wait(1.0)
+    assert throughput.report() == {
+        "sequences_per_s": 4.0,
+        "tokens_per_s": 256.0,
+        "padded_tokens_per_s": 512.0,
+        "padding_share": 0.5,
+        "data_wait_share": 0.25,
+        "mean_padded_length": 128.0,
+    }

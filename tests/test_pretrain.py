@@ -256,6 +256,9 @@ def test_a_record_over_several_steps_holds_their_mean_loss_and_pooled_accuracy(p
         assert (
             min(r["mlm_accuracy"] for r in covered) <= record["mlm_accuracy"] <= max(r["mlm_accuracy"] for r in covered)
         )
+    for record in single + pooled:  # one rank: the real and padded rates come from the same interval
+        assert 0 < record["padding_share"] < 1 and 0 <= record["data_wait_share"] <= 1
+        assert record["tokens_per_s"] / record["padded_tokens_per_s"] == pytest.approx(1 - record["padding_share"])
 
 
 def test_the_default_output_bias_starts_at_the_unigram_loss(reference_run, pretraining_dataset, tmp_path):
