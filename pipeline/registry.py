@@ -17,7 +17,7 @@ import logging
 import math
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +228,41 @@ def evaluation_at(metrics_file: Path, step: int) -> dict[str, float]:
     return found
 
 
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What a registered version of a pretraining checkpoint is tagged with."""
+
+    step: int | None
+    phase: str | None
+    dataset: str | None
+    dataset_manifest_sha256: str | None
+    world_size: int | None
+    model_name: str  # the registered model's name
+    run_id: str | None  # the MLflow run the version is logged in
+    evaluation: dict[str, float]  # the held-out evaluation at `step` ({} if none)
+
+
+def checkpoint_facts(tag_dir: Path, run_dir: Path) -> CheckpointFacts:
+    """The facts of a checkpoint read back from its files (its model states and the run's metrics.jsonl):
+    for `bertpipe register`, which has nothing else. The trainer passes what it holds instead."""
+    from pipeline.weights import model_states
+
+    states = model_states(tag_dir)
+    train_config = states.get("train_config", {})
+    preset = train_config.get("model")
+    return CheckpointFacts(
+        step=states.get("step"),
+        phase=train_config.get("phase") or None,
+        dataset=states.get("dataset"),
+        dataset_manifest_sha256=states.get("dataset_manifest_sha256"),
+        world_size=states.get("world_size"),
+        model_name=train_config.get("registered_model_name")
+        or default_model_name(preset if preset in PRESETS else None),
+        run_id=states.get("run_id"),
+        evaluation=evaluation_at(run_dir / "metrics.jsonl", states.get("step")),
+    )
+
+
 def register_checkpoint(
     checkpoint: str | Path,
     tracking_uri: str,
@@ -236,38 +271,36 @@ def register_checkpoint(
     run_id: str | None = None,
     phase: str | None = None,
 ) -> Registration:
-    """Export a checkpoint of `bertpipe pretrain` (into <run>/exports/<tag>, reused when already there) and
-    register it with its step, phase, evaluation at that step and dataset/tokenizer digests. The MLflow run
-    defaults to the one the checkpoint names."""
-    from pipeline.export import export_checkpoint, select_tag_dir
-    from pipeline.weights import model_states
+    """`bertpipe register --checkpoint`: a checkpoint of `bertpipe pretrain` exported and registered with the
+    facts its files record (`register_run_checkpoint`); `name`, `run_id` and `phase` override them."""
+    from pipeline.export import select_tag_dir
 
     tag_dir = select_tag_dir(Path(checkpoint), tag)
     run_dir = tag_dir.parent.parent  # <run>/checkpoints/<tag>
-    states = model_states(tag_dir)
-    train_config = states.get("train_config", {})
+    facts = checkpoint_facts(tag_dir, run_dir)
+    facts = replace(
+        facts, model_name=name or facts.model_name, run_id=run_id or facts.run_id, phase=phase or facts.phase
+    )
+    return register_run_checkpoint(tag_dir, run_dir, facts, tracking_uri)
+
+
+def register_run_checkpoint(tag_dir: Path, run_dir: Path, facts: CheckpointFacts, tracking_uri: str) -> Registration:
+    """Export a pretraining checkpoint (into <run>/exports/<tag>, reused when already there) and register it
+    with its step, phase, evaluation at that step and dataset/tokenizer digests."""
+    from pipeline.export import export_checkpoint
+
     exported = run_dir / "exports" / tag_dir.name
     if not (exported / "model.safetensors").is_file():
         export_checkpoint(tag_dir, exported, tag=None)
-    step = states.get("step")
     tags = {
-        "step": step,
-        "phase": phase or train_config.get("phase") or None,
+        "step": facts.step,
+        "phase": facts.phase,
         "checkpoint": str(tag_dir.resolve()),
-        "dataset": states.get("dataset"),
-        "dataset_manifest_sha256": states.get("dataset_manifest_sha256"),
+        "dataset": facts.dataset,
+        "dataset_manifest_sha256": facts.dataset_manifest_sha256,
         "tokenizer_vocab_sha256": file_sha256(exported / "vocab.txt"),
-        "world_size": states.get("world_size"),
+        "world_size": facts.world_size,
     }
-    preset = train_config.get("model")
-    name = (
-        name or train_config.get("registered_model_name") or default_model_name(preset if preset in PRESETS else None)
-    )
     return register_export(
-        exported,
-        tracking_uri,
-        name,
-        run_id=run_id or states.get("run_id"),
-        tags=tags,
-        eval_metrics=evaluation_at(run_dir / "metrics.jsonl", step),
+        exported, tracking_uri, facts.model_name, run_id=facts.run_id, tags=tags, eval_metrics=facts.evaluation
     )
