@@ -66,6 +66,7 @@ from pipeline.dataset_check import load_manifest
 from pipeline.deepspeed_config import resolve_batch_sizes
 from pipeline.demo.downstream import RunResult, choose_learning_rates
 from pipeline.demo.layout import FOLDS, SIZES, DemoLayout, fold_of_seed
+from pipeline.demo.report import read_labels
 from pipeline.demo.steps import write_task_files
 from pipeline.distributed import free_port
 from pipeline.train_config import LoadedConfig, load_config
@@ -739,12 +740,7 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
     loaded = settings.loaded(seed=seeds[0])
     task = demo_split(settings.work)
     folds = sorted({fold_of_seed(seed) for seed in seeds})
-    labels = [
-        json.loads(line)["label"]
-        for fold in folds
-        for line in task.task_test(fold).read_text().splitlines()
-        if line.strip()
-    ]
+    labels = [label for fold in folds for label in read_labels(task.task_test(fold))]
     return {
         "benchmark": "learning",
         "machine": cpu_description(),

@@ -82,19 +82,21 @@ def sample_paragraphs(reads: Sequence[SampleRead], input_format: str, text_field
 
 
 def _parquet_paragraphs(read: SampleRead, column: str) -> Iterator[str]:
+    """The planned row groups' paragraphs, read as the Beam job reads a row group (`parquet_documents`)."""
     import pyarrow.parquet as pq
+
+    from preprocessing.beam_job import ReadTask, parquet_documents
 
     with fs.open_read(read.path) as handle:
         parquet = pq.ParquetFile(handle)
         if column not in parquet.schema_arrow.names:
             raise PreprocessError(f"{read.path} has no column {column!r}; pass --text-field with one of its columns")
         groups = read.row_groups if read.row_groups is not None else range(parquet.num_row_groups)
-        stats = docs.ReadStats()
-        for group in groups:
-            for text in parquet.read_row_group(group, columns=[column]).column(column).to_pylist():
-                if isinstance(text, str):
-                    for document in docs.text_record(text, read.path, stats):
-                        yield from document.paragraphs
+    stats = docs.ReadStats()
+    for group in groups:
+        task = ReadTask(0, read.path, read.path, 0, 0, compressed=False, row_group=group)
+        for document in parquet_documents(task, column, stats):
+            yield from document.paragraphs
 
 
 def parquet_row_groups(files: Sequence[tuple[str, int]]) -> dict[str, int]:
