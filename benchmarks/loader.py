@@ -57,8 +57,9 @@ SOURCE = ROOT / "tests" / "data" / "pydocs" / "corpus.txt"
 GOAL_SAMPLES_PER_S = 10_000
 
 
-def build_dataset(work: Path, dupe_factor: int, shard_mb: float, vocab_size: int) -> Path:
-    """The real preprocessing job over the shipped corpus, as the `pretraining_dataset` test fixture runs it."""
+def build_dataset(work: Path, dupe_factor: int, shard_mb: float, vocab_size: int, **job: Any) -> Path:
+    """The real preprocessing job over the shipped corpus, as the `pretraining_dataset` test fixture runs it;
+    `job` sets other JobParams fields (max_seq_length, max_predictions_per_seq)."""
     from preprocessing import preprocess
     from preprocessing.beam_job import JobParams
     from preprocessing.tokenizer import tokenizer_files, train_wordpiece
@@ -68,7 +69,9 @@ def build_dataset(work: Path, dupe_factor: int, shard_mb: float, vocab_size: int
     tokenizer_dir.mkdir(parents=True, exist_ok=True)
     for name, data in tokenizer_files(train_wordpiece(lines, vocab_size=vocab_size, lowercase=True)).items():
         (tokenizer_dir / name).write_bytes(data)
-    params = JobParams(dupe_factor=dupe_factor, validation_fraction=0.01, bucket_mb=0.5, shard_mb=shard_mb, seed=11)
+    params = JobParams(
+        dupe_factor=dupe_factor, validation_fraction=0.01, bucket_mb=0.5, shard_mb=shard_mb, seed=11, **job
+    )
     runner = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
     preprocess.run([str(SOURCE)], str(tokenizer_dir), str(work / "dataset"), params, runner, overwrite=True)
     return work / "dataset"

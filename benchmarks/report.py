@@ -27,6 +27,7 @@ PREPROCESS_TOKENS_PER_CORE_GOAL = 400_000
 PREPROCESS_SPEEDUP_GOAL = 1.7
 PREPROCESS_MEMORY_GROWTH_GOAL = 0.20
 LOADER_SAMPLES_GOAL = 10_000
+PACKING_IDEAL_SHARE_GOAL = 0.90  # packed speed-up at least this share of what the padding removed promises
 
 
 def verdict(met: bool, figure: str, shortfall: str = "") -> str:
@@ -246,6 +247,54 @@ def loader(results: Path) -> list[str]:
     ]
 
 
+def packing(results: Path) -> list[str]:
+    run = json.loads((results / "packing.json").read_text())
+    rows, met = [], []
+    for r in run["results"]:
+        share, rate = r["padding_share"], r["real_tokens_per_s"]
+        met.append(r["share_of_ideal"] >= PACKING_IDEAL_SHARE_GOAL)
+        rows.append(
+            [
+                str(r["max_seq_length"]),
+                f"{share['padded']:.3f}",
+                f"{share['packed']:.3f}",
+                f"{r['rows_per_batch']['packed']:.1f}",
+                f"{rate['padded']:,.0f}",
+                f"{rate['packed']:,.0f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['ideal_speedup']:.2f}x",
+                f"{r['share_of_ideal']:.2f}",
+            ]
+        )
+    figures = ", ".join(f"seq {r['max_seq_length']}: {r['share_of_ideal']:.2f}" for r in run["results"])
+    return [
+        f"Machine: {run['machine']}, torch {run['torch']}, {run['threads']} threads. `{run['preset']}`, "
+        f"{run['dtype']}, micro-batches of {run['batch']} instances from the bundled corpus's shards; a training "
+        f"step (forward, backward, AdamW) timed on each form, {run['repeat']} interleaved rounds, the fastest "
+        "counts. `benchmarks/results/packing.json`.",
+        "",
+        *table(
+            [
+                "seq",
+                "padding, padded",
+                "padding, packed",
+                "rows per batch, packed",
+                "real tokens/s, padded",
+                "real tokens/s, packed",
+                "speed-up",
+                "ideal",
+                "share of ideal",
+            ],
+            rows,
+            "rrrrrrrrr",
+        ),
+        "",
+        f"Goal: a speed-up >= {PACKING_IDEAL_SHARE_GOAL:.0%} of the ideal (1 - packed share) / (1 - padded share): "
+        + verdict(all(met), figures)
+        + ".",
+    ]
+
+
 LEARNING_ARMS = {
     "ours": "ours (`launch/pretrain.sh`, DeepSpeed)",
     "peer": "transformers `Trainer`",
@@ -363,6 +412,7 @@ BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "preprocess": (preprocess, "python benchmarks/run_all.py --only preprocess"),
     "plan": (plan, "python benchmarks/run_all.py --only plan"),
     "loader": (loader, "python benchmarks/run_all.py --only loader"),
+    "packing": (packing, "python benchmarks/run_all.py --only packing"),
     "learning": (learning, "python benchmarks/run_all.py --only learning"),
 }
 

@@ -6,12 +6,17 @@ between the two without renaming.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from model.config import BertConfig
 from model.pretrained import PreTrainedMixin
+
+AttentionMask = torch.Tensor | BlockMask | None  # a boolean SDPA mask (True: may attend), a FlexAttention one, or none
 
 
 def activation(name: str):
@@ -69,10 +74,15 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        seq_len = input_ids.shape[1]
-        positions = torch.arange(seq_len, device=input_ids.device)
-        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if position_ids is None:  # one sequence per row: 0, 1, 2, ...
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)
+        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         if token_type_ids is None:
             # All tokens in segment A: row 0 of the segment table, broadcast over the sequence.
             embeddings = embeddings + self.token_type_embeddings.weight[0]
@@ -82,7 +92,7 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Bidirectional multi-head attention; padding keys are masked, nothing else is."""
+    """Bidirectional multi-head attention under a boolean mask (True: may attend), or over every key."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -93,19 +103,20 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, key_mask: AttentionMask) -> torch.Tensor:
         batch, seq_len, _ = hidden.shape
 
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.view(batch, seq_len, self.num_heads, self.head_size).transpose(1, 2)
 
-        context = F.scaled_dot_product_attention(
-            heads(self.query(hidden)),
-            heads(self.key(hidden)),
-            heads(self.value(hidden)),
-            attn_mask=key_mask,
-            dropout_p=self.dropout_p if self.training else 0.0,
-        )
+        query, key, value = heads(self.query(hidden)), heads(self.key(hidden)), heads(self.value(hidden))
+        dropout = self.dropout_p if self.training else 0.0
+        if isinstance(key_mask, BlockMask):
+            if dropout:
+                raise ValueError("FlexAttention has no attention dropout; give a boolean mask when training with it")
+            context = compiled_flex_attention(query, key, value, key_mask)
+        else:
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=dropout)
         return context.transpose(1, 2).reshape(batch, seq_len, -1)
 
 
@@ -128,7 +139,7 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertResidualOutput(config, config.hidden_size)
 
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, key_mask: AttentionMask) -> torch.Tensor:
         return self.output(self.self(hidden, key_mask), hidden)
 
 
@@ -149,7 +160,7 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertResidualOutput(config, config.intermediate_size)
 
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, key_mask: AttentionMask) -> torch.Tensor:
         attended = self.attention(hidden, key_mask)
         return self.output(self.intermediate(attended), attended)
 
@@ -159,21 +170,24 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, key_mask: AttentionMask) -> torch.Tensor:
         for layer in self.layer:
             hidden = layer(hidden, key_mask)
         return hidden
 
 
 class BertPooler(nn.Module):
-    """Dense + tanh on the [CLS] hidden state."""
+    """Dense + tanh on the [CLS] hidden state: position 0 of each row, or each packed instance's [CLS]."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))
+    def forward(self, hidden: torch.Tensor, cls_positions: torch.Tensor | None = None) -> torch.Tensor:
+        if cls_positions is None:
+            return torch.tanh(self.dense(hidden[:, 0]))
+        index = cls_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return torch.tanh(self.dense(torch.gather(hidden, 1, index)))  # (batch, instances, hidden)
 
 
 def attention_key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -181,6 +195,42 @@ def attention_key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | No
     if attention_mask is None:
         return None
     return attention_mask[:, None, None, :].bool()
+
+
+@functools.cache
+def _compiled_flex_attention():
+    return torch.compile(flex_attention)
+
+
+def compiled_flex_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_mask: BlockMask
+) -> torch.Tensor:
+    """FlexAttention under a block mask, compiled once per process (its eager form is a slow reference)."""
+    return _compiled_flex_attention()(query, key, value, block_mask=block_mask)
+
+
+def document_block_mask(sequence_ids: torch.Tensor) -> BlockMask:
+    """The FlexAttention form of `packed_attention_mask`: blocks of 128 x 128 tokens that lie wholly between two
+    instances are skipped, not computed and masked."""
+    batch, length = sequence_ids.shape
+
+    def same_instance(b, h, q, k):
+        return sequence_ids[b, q] == sequence_ids[b, k]
+
+    return create_block_mask(same_instance, batch, None, length, length, device=sequence_ids.device)
+
+
+def packed_attention(sequence_ids: torch.Tensor, flex: bool) -> AttentionMask:
+    """The attention mask of packed rows: FlexAttention's block mask where `flex` (it has no attention dropout),
+    else SDPA's dense boolean one."""
+    return document_block_mask(sequence_ids) if flex else packed_attention_mask(sequence_ids)
+
+
+def packed_attention_mask(sequence_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) instance ids of packed rows (0: padding) -> boolean (batch, 1, seq, seq): a token attends
+    only to the tokens of its own instance. Padding attends to padding, so that no query row is empty (an
+    empty one would give NaN); nothing reads the padding's outputs."""
+    return (sequence_ids[:, :, None] == sequence_ids[:, None, :]).unsqueeze(1)
 
 
 class BertModel(PreTrainedMixin, nn.Module):
@@ -202,8 +252,20 @@ class BertModel(PreTrainedMixin, nn.Module):
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        sequence_ids: torch.Tensor | None = None,
+        cls_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Packed rows (pipeline/packing.py) come with `position_ids`, `sequence_ids` (which replace the
+        padding mask) and `cls_positions`, and pool (batch, instances, hidden) instead of (batch, hidden)."""
         check_inputs(input_ids, token_type_ids, self.config)
-        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), attention_key_mask(attention_mask))
-        pooled = self.pooler(hidden) if self.pooler is not None else None
+        if sequence_ids is not None:
+            # On a GPU FlexAttention skips the blocks between instances; it has no attention dropout, so only
+            # where none is asked for.
+            no_dropout = not self.training or self.config.attention_probs_dropout_prob == 0
+            mask = packed_attention(sequence_ids, flex=sequence_ids.is_cuda and no_dropout)
+        else:
+            mask = attention_key_mask(attention_mask)
+        hidden = self.encoder(self.embeddings(input_ids, token_type_ids, position_ids), mask)
+        pooled = self.pooler(hidden, cls_positions) if self.pooler is not None else None
         return hidden, pooled

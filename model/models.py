@@ -79,12 +79,19 @@ class BertForPreTraining(PreTrainedMixin, nn.Module):
         masked_lm_positions: torch.Tensor | None = None,
         masked_lm_labels: torch.Tensor | None = None,
         next_sentence_label: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        sequence_ids: torch.Tensor | None = None,
+        next_sentence_positions: torch.Tensor | None = None,
     ) -> PreTrainingOutput:
         """`masked_lm_positions` (batch, slots) restricts the vocabulary projection to those
         positions, with `masked_lm_labels` (batch, slots) and IGNORE_INDEX in unused slots.
         Without positions, logits cover every token and labels are (batch, seq) as in Hugging Face.
+        Packed rows (pipeline/packing.py) add `position_ids`, `sequence_ids` and the [CLS] positions
+        `next_sentence_positions` (batch, instances); NSP logits and labels are then per instance slot.
         """
-        sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask)
+        sequence_output, pooled_output = self.bert(
+            input_ids, token_type_ids, attention_mask, position_ids, sequence_ids, next_sentence_positions
+        )
         mlm_logits, nsp_logits = self.cls(sequence_output, pooled_output, masked_lm_positions)
         out = PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits)
         losses = []

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from model.heads import IGNORE_INDEX
 from pipeline import data_plan
 from pipeline.collate import collate, remask
+from pipeline.packing import collate_packed
 from pipeline.shard_reader import ShardError, read_shard_members
 from preprocessing.manifest import Manifest
 from preprocessing.masking import MaskingRule
@@ -85,6 +86,7 @@ class StreamOptions:
     verify_checksums: bool = True
     skip_bad_shards: bool = False
     remasking: MaskingRule | None = None  # dynamic masking: re-mask every sample each epoch
+    packing: bool = False  # several instances per row (pipeline/packing.py) instead of one padded row each
 
 
 @dataclass
@@ -171,7 +173,7 @@ def stream_samples(
 def stream_batches(
     spec: SplitSpec, options: StreamOptions, streams: int, stream: int, start_plan_index: int
 ) -> Iterator[dict[str, Any]]:
-    """Collated batches of `options.micro_batch` samples, each tagged with the plan index after it."""
+    """Collated (or packed) batches of `options.micro_batch` samples, each tagged with the plan index after it."""
     samples: list[Sample] = []
     skipped: list[str] = []
     for plan_index, sample, newly_skipped in stream_samples(spec, options, streams, stream, start_plan_index):
@@ -180,7 +182,10 @@ def stream_batches(
             continue
         samples.append(sample)
         if len(samples) == options.micro_batch:
-            batch = collate(samples, spec.pad_id, spec.max_predictions, max_length=spec.max_seq_length)
+            if options.packing:
+                batch = collate_packed(samples, spec.pad_id, spec.max_predictions, capacity=spec.max_seq_length)
+            else:
+                batch = collate(samples, spec.pad_id, spec.max_predictions, max_length=spec.max_seq_length)
             batch[POSITION_KEY] = plan_index
             batch[SKIPPED_KEY] = skipped
             yield batch

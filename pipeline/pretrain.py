@@ -196,6 +196,7 @@ class Trainer:
             verify_checksums=train.verify_checksums,
             skip_bad_shards=train.skip_bad_shards,
             remasking=rule,
+            packing=train.packing,
         )
         slots = max(1, train.loader_workers)
         state = resume_state(saved_data_state, self.world_size, slots)
@@ -343,7 +344,7 @@ class Trainer:
                 summed_batches += 1
                 step_batches.append(batch)
                 real_tokens = int(batch["attention_mask"].sum())
-                throughput.add(batch["input_ids"].shape[0], real_tokens, batch["input_ids"].numel())
+                throughput.add(self.batch_sizes.micro, real_tokens, batch["input_ids"].numel())
             if engine.global_steps == step:
                 if stop_now:
                     stop.requested = True

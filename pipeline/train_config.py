@@ -56,6 +56,9 @@ class TrainConfig:
     # with attention_init "local": heads per layer left at BERT's near-uniform start, through which [CLS] sees
     # the whole pair (and next-sentence prediction its evidence) from the first step
     global_attention_heads: int = 0
+    # several instances per row of max_seq_length, with no attention between them (pipeline/packing.py): the
+    # same losses and gradients as one padded row per instance, with less compute spent on padding
+    packing: bool = True
     dynamic_masking: bool = False  # re-mask each sample every epoch from its stored original tokens
     verify_checksums: bool = True  # check each shard's sha256 against the manifest when it is read
     skip_bad_shards: bool = False  # skip (and count) unreadable shards instead of stopping

@@ -210,3 +210,22 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
     assert result["wall_per_step_ratio_ours_to_peer"] == pytest.approx(per_step["ours"] / per_step["peer"])
     table = "\n".join(report.learning(out))
     assert "| transformers `Trainer` |" in table and "Wall time per training step, ours / transformers" in table
+
+
+@pytest.mark.slow
+def test_packing_benchmark_writes_json(tmp_path):
+    out = tmp_path / "packing.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/packing.py"), "--preset", "tiny", "--lengths", "128", "--batches", "4",
+         "--timed", "1", "--repeat", "1", "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    (result,) = json.loads(out.read_text())["results"]
+    share, losses = result["padding_share"], result["first_batch_loss"]
+    assert 0 <= share["packed"] < share["padded"] < 1  # the bundled corpus has short pairs to pack
+    assert result["rows_per_batch"]["padded"] == 32 > result["rows_per_batch"]["packed"]
+    assert losses["packed"] == pytest.approx(losses["padded"], abs=1e-5)
+    assert result["ideal_speedup"] == pytest.approx((1 - share["packed"]) / (1 - share["padded"]))
+    assert result["speedup"] == pytest.approx(
+        result["real_tokens_per_s"]["packed"] / result["real_tokens_per_s"]["padded"]
+    )
