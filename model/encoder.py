@@ -10,6 +10,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
@@ -169,10 +170,17 @@ class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        # Activation checkpointing: keep each layer's input only and recompute the layer in the backward pass
+        # (about a third more compute for memory that no longer grows with the layers' activations).
+        self.checkpoint_activations = False
 
     def forward(self, hidden: torch.Tensor, key_mask: AttentionMask) -> torch.Tensor:
         for layer in self.layer:
-            hidden = layer(hidden, key_mask)
+            if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+                # the recomputation replays the dropout masks of the first pass (the RNG state is kept)
+                hidden = torch.utils.checkpoint.checkpoint(layer, hidden, key_mask, use_reentrant=False)
+            else:
+                hidden = layer(hidden, key_mask)
         return hidden
 
 

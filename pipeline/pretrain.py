@@ -170,6 +170,7 @@ class Trainer:
             model.cls.predictions.init_bias_to_prior(self.unigram.float())
         if self.init_from and self.resume_tag is None:
             load_initial_weights(model, self.init_from)
+        model.bert.encoder.checkpoint_activations = self.train.activation_checkpointing
         self.engine, self.optimizer, self.lr_scheduler = deepspeed_config.initialize_engine(
             model, self.optimizer_spec, self.ds_config, self.schedule.factor, self.on_gpu
         )

@@ -59,6 +59,9 @@ class TrainConfig:
     # several instances per row of max_seq_length, with no attention between them (pipeline/packing.py): the
     # same losses and gradients as one padded row per instance, with less compute spent on padding
     packing: bool = True
+    # recompute each layer's activations in the backward pass instead of keeping them: for seq 512 and large
+    # micro-batches, at about a third more compute per step
+    activation_checkpointing: bool = False
     dynamic_masking: bool = False  # re-mask each sample every epoch from its stored original tokens
     verify_checksums: bool = True  # check each shard's sha256 against the manifest when it is read
     skip_bad_shards: bool = False  # skip (and count) unreadable shards instead of stopping

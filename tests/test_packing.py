@@ -152,3 +152,29 @@ def test_flex_attention_blocks_give_what_the_dense_packed_mask_gives(model):
             attention(embedded, packed_attention(packed["sequence_ids"], flex=True))
     finally:
         attention.eval()
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_dropout_on():
+    torch.manual_seed(1)
+    model = BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=100, max_position_embeddings=64)).train()
+    batch = collate_packed(random_samples(8, longest=30, vocab=100, seed=2), PAD, 3, capacity=64)
+    results: list = []
+    saved_bytes: list[int] = []
+    for checkpointing in (False, True):
+        model.bert.encoder.checkpoint_activations = checkpointing
+        model.zero_grad()
+        torch.manual_seed(9)  # the same dropout masks in both passes
+        saved_bytes.append(0)
+
+        def keep(tensor: torch.Tensor) -> torch.Tensor:
+            saved_bytes[-1] += tensor.nbytes
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    model.bert.encoder.checkpoint_activations = False
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+    assert saved_bytes[1] < saved_bytes[0] / 2, saved_bytes  # what the forward pass keeps for the backward

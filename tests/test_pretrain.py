@@ -300,12 +300,15 @@ def test_attention_that_starts_local_learns_from_the_context(demo_corpus_dataset
 
 def test_a_packed_run_trains_as_the_padded_run_does_on_fewer_padded_tokens(pretraining_dataset, tmp_path):
     """Without dropout (whose masks depend on the layout) packing changes nothing the optimizer sees: the
-    same instances per step, the same losses, so the same weights step after step, on fewer rows."""
+    same instances per step, the same losses, so the same weights step after step, on fewer rows. The packed
+    run also recomputes its activations in the backward pass (activation_checkpointing), which changes nothing
+    either."""
     no_dropout = '{"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}'
     runs = {}
     for packing in (False, True):
         output = tmp_path / f"packing-{packing}"
         settings = ("train_steps=6", f"packing={str(packing).lower()}", f"model_overrides={no_dropout}", "eval_every=0")
+        settings += (f"activation_checkpointing={str(packing).lower()}",)
         result = run_single(pretraining_dataset, output, *(arg for s in settings for arg in ("--set", s)))
         assert result.returncode == 0, result.stderr[-3000:]
         runs[packing] = training_steps(output)
@@ -313,4 +316,6 @@ def test_a_packed_run_trains_as_the_padded_run_does_on_fewer_padded_tokens(pretr
     for padded, packed in zip(runs[False], runs[True], strict=True):
         for name in ("loss", "mlm_loss", "nsp_loss"):
             assert packed[name] == pytest.approx(padded[name], abs=1e-4), (packed["step"], name)
-        assert packed["sequences_per_s"] > 0 and packed["padding_share"] < padded["padding_share"]
+        assert packed["sequences_per_s"] > 0 and packed["padding_share"] <= padded["padding_share"]
+    # a batch of long pairs only packs one per row; over the steps, rows hold fewer padding tokens
+    assert sum(r["padding_share"] for r in runs[True]) < sum(r["padding_share"] for r in runs[False])
