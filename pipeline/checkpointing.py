@@ -198,6 +198,29 @@ def load(engine: Any, directory: Path, tag: str) -> tuple[dict[str, Any], dict[s
     return client_state or {}, load_tensors_only(state_file)
 
 
+def load_for_next_phase(engine: Any, tag_dir: Path, world_size: int) -> None:
+    """Weights and optimizer state (moments and their step counts) of another run's checkpoint, for the next
+    phase of a recipe as NVIDIA's phase 2 starts from phase 1. This run keeps its own step count, learning-rate
+    schedule, data position and optimizer settings (learning rate, betas, weight decay from its config)."""
+    partitions = len(list(tag_dir.glob("*_optim_states.pt")))  # ZeRO: one optimizer partition per rank
+    if partitions > 1 and partitions != world_size:
+        raise CheckpointError(
+            f"{tag_dir} holds the optimizer state of {partitions} ranks in ZeRO partitions and this run has "
+            f"{world_size}: run this phase on {partitions} ranks to carry the optimizer state, or leave "
+            f"init_optimizer_state off to start from the weights alone"
+        )
+    vet_checkpoint(tag_dir)
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in engine.optimizer.param_groups]
+    path, _ = engine.load_checkpoint(
+        str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True, load_lr_scheduler_states=False
+    )
+    if path is None:
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {tag_dir}")
+    for group, own in zip(engine.optimizer.param_groups, settings, strict=True):
+        group.update(own)
+    engine.global_steps = engine.global_samples = engine.skipped_steps = 0
+
+
 def _serialize(state: dict[str, Any]) -> bytes:
     import io
 

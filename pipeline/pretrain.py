@@ -33,7 +33,7 @@ from pipeline.run_dir import CHECKPOINTS, METRICS_FILE, STATUS_FILE, TRACKING_OF
 from pipeline.schedule import Schedule
 from pipeline.tracking import EXIT_NOT_REGISTERED, RunTracker, code_version, open_run
 from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
-from pipeline.weights import load_initial_weights, model_config_of
+from pipeline.weights import checkpoint_tag_dir, load_initial_weights, model_config_of
 from preprocessing.errors import BertpipeError
 from preprocessing.manifest import Manifest
 from preprocessing.storage import absolute
@@ -120,6 +120,11 @@ class Trainer:
         check_attention_init(self.train, self.model_config)
         if self.init_from:
             check_init_tokenizer(self.manifest, self.init_from)
+        if self.train.init_optimizer_state and not (self.init_from and checkpoint_tag_dir(Path(self.init_from))):
+            raise TrainConfigError(
+                "init_optimizer_state takes the optimizer state of the --init-from run's checkpoint; give --init-from "
+                "a run's output directory or one of its checkpoints (a model directory holds weights only)"
+            )
         self.schedule = Schedule(
             self.train.train_steps,
             self.train.warmup,
@@ -168,12 +173,17 @@ class Trainer:
             init_local_attention(model.bert, global_heads=self.train.global_attention_heads)
         if self.train.mlm_bias_init == "unigram":
             model.cls.predictions.init_bias_to_prior(self.unigram.float())
-        if self.init_from and self.resume_tag is None:
+        carry_optimizer = self.init_from and self.resume_tag is None and self.train.init_optimizer_state
+        if self.init_from and self.resume_tag is None and not carry_optimizer:
             load_initial_weights(model, self.init_from)
         model.bert.encoder.checkpoint_activations = self.train.activation_checkpointing
         self.engine, self.optimizer, self.lr_scheduler = deepspeed_config.initialize_engine(
             model, self.optimizer_spec, self.ds_config, self.schedule.factor, self.on_gpu
         )
+        if carry_optimizer:
+            tag_dir = checkpoint_tag_dir(Path(self.init_from))
+            checkpointing.load_for_next_phase(self.engine, tag_dir, self.world_size)
+            announce(f"initial weights and optimizer state from DeepSpeed checkpoint {tag_dir}")
         # Dropout differs per rank; the data order does not depend on these.
         torch.manual_seed(self.train.seed + 1 + self.rank)
 

@@ -59,6 +59,9 @@ class TrainConfig:
     # several instances per row of max_seq_length, with no attention between them (pipeline/packing.py): the
     # same losses and gradients as one padded row per instance, with less compute spent on padding
     packing: bool = True
+    # with --init-from a run's checkpoint: also take its optimizer state (moments, step counts), as NVIDIA's phase 2
+    # does; this run's schedule, step count and data order still start afresh
+    init_optimizer_state: bool = False
     # recompute each layer's activations in the backward pass instead of keeping them: for seq 512 and large
     # micro-batches, at about a third more compute per step
     activation_checkpointing: bool = False

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from pretrain_runs import (
     wait_for_step,
 )
 
-from pipeline.checkpointing import latest_tag
+from pipeline.checkpointing import latest_tag, load_tensors_only
 
 DEMO_CONFIG = ROOT / "launch" / "configs" / "demo"  # the tiny preset, AdamW 2e-3
 pytestmark = pytest.mark.slow
@@ -236,6 +237,7 @@ def test_init_from_a_run_starts_phase_two_with_its_weights_and_a_fresh_optimizer
     steps = training_steps(output)
     assert [r["step"] for r in steps] == list(range(1, 9))
     assert steps[0]["lr"] == pytest.approx(1e-3 / 4)  # the schedule starts over: warmup step 1 of 4
+    assert adam_step_count(output) == 8  # and Adam's moments with it
     fresh_loss = training_steps(reference_run)[0]["loss"]
     trained_loss = training_steps(reference_run)[-1]["loss"]
     assert steps[0]["loss"] < fresh_loss - 0.5 and abs(steps[0]["loss"] - trained_loss) < 0.5
@@ -319,3 +321,31 @@ def test_a_packed_run_trains_as_the_padded_run_does_on_fewer_padded_tokens(pretr
         assert packed["sequences_per_s"] > 0 and packed["padding_share"] <= padded["padding_share"]
     # a batch of long pairs only packs one per row; over the steps, rows hold fewer padding tokens
     assert sum(r["padding_share"] for r in runs[True]) < sum(r["padding_share"] for r in runs[False])
+
+
+def adam_step_count(output: Path) -> int:
+    """The step count Adam's bias correction has reached, from the newest checkpoint's optimizer partition."""
+    tag_dir = output / "checkpoints" / latest_tag(output / "checkpoints")
+    (partition,) = tag_dir.glob("*_optim_states.pt")
+    state = load_tensors_only(partition)["optimizer_state_dict"]["base_optimizer_state"]["state"]
+    return int(next(iter(state.values()))["step"])
+
+
+def test_init_optimizer_state_carries_the_moments_into_the_next_phase(reference_run, pretraining_dataset, tmp_path):
+    """As NVIDIA's phase 2 starts: phase 1's weights and Adam state, this phase's own steps and schedule."""
+    phase1, phase2 = tmp_path / "phase1", tmp_path / "phase2"
+    result = run_single(pretraining_dataset, phase1, "--set", "train_steps=4", "--set", "eval_every=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert adam_step_count(phase1) == 4
+    carry = ("--set", "init_optimizer_state=true", "--set", "train_steps=5", "--set", "eval_every=0")
+    result = run_single(pretraining_dataset, phase2, "--init-from", str(phase1), *carry)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "initial weights and optimizer state from DeepSpeed checkpoint" in result.stderr
+    steps = training_steps(phase2)
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
+    assert steps[0]["lr"] == pytest.approx(1e-3 / 4)  # this phase's schedule: warmup step 1 of 4
+    assert adam_step_count(phase2) == 4 + 5  # the moments' bias correction went on from phase 1's
+    # the reference run's optimizer is split over 2 ranks; one rank cannot take it, and says so
+    result = run_single(pretraining_dataset, tmp_path / "one-rank", "--init-from", str(reference_run), *carry)
+    assert result.returncode != 0
+    assert "holds the optimizer state of 2 ranks in ZeRO partitions and this run has 1" in result.stderr
