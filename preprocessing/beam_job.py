@@ -34,6 +34,7 @@ from preprocessing import documents as docs
 from preprocessing import storage as fs
 from preprocessing.errors import BertpipeError
 from preprocessing.instances import SpecialIds, bucket_instances
+from preprocessing.lengths import length_counts, sum_counts
 from preprocessing.manifest import MANIFEST_NAME, build_manifest, manifest_bytes
 from preprocessing.pairing import Document, PairingParams
 from preprocessing.planning import Bucket, BucketFile, BucketPlan, ShardTask, assign, plan_shards
@@ -387,7 +388,8 @@ def read_bucket_index(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class WriteShard(beam.DoFn):
-    """A ShardTask -> the tar file in the output directory; emits the shard's manifest record."""
+    """A ShardTask -> the tar file in the output directory; emits the shard's manifest record, with the counts of
+    its instance lengths per bin, which the manifest sums per split."""
 
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
@@ -395,6 +397,7 @@ class WriteShard(beam.DoFn):
     def process(self, task: ShardTask) -> Iterator[dict]:
         members: list[tuple[str, bytes]] = []
         tokens = masked = 0
+        piece_counts: list[list[int]] = []
         for path, first, stop in task.pieces:
             offsets, sample_tokens, sample_masked = read_bucket_index(path)
             body = fs.read_bytes(path, int(offsets[first]), int(offsets[stop] - offsets[first]))
@@ -404,6 +407,7 @@ class WriteShard(beam.DoFn):
                 members.append((key, body[offsets[i] - base : offsets[i + 1] - base]))
             tokens += int(sample_tokens[first:stop].sum())
             masked += int(sample_masked[first:stop].sum())
+            piece_counts.append(length_counts(sample_tokens[first:stop]))
         data = tar_bytes(members)
         name = shard_name(task.split, task.index)
         fs.write_atomically(fs.join(self.output_dir, name), data)
@@ -417,6 +421,7 @@ class WriteShard(beam.DoFn):
             "masked_tokens": masked,
             "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
+            "length_counts": sum_counts(piece_counts),
         }
 
 

@@ -13,10 +13,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from preprocessing.errors import BertpipeError
+from preprocessing.lengths import BIN_WIDTH, LengthHistogram, mean_length, padding_share, sum_counts
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
+# Split fields a manifest may lack (written before they existed; the means of a split without samples): left
+# out of the JSON when None, so that an older manifest reads back to the dict it was read from and keeps the
+# digest its checkpoints recorded (a resume checks it).
+OPTIONAL_SPLIT_FIELDS = ("length_histogram", "mean_length", "padding_share")
 
 
 class ManifestError(BertpipeError, ValueError):
@@ -39,6 +44,23 @@ class SplitInfo:
     tokens: int
     masked_tokens: int
     shards: tuple[ShardInfo, ...]
+    length_histogram: LengthHistogram | None = None
+    mean_length: float | None = None  # tokens per instance, [CLS] and [SEP] included
+    padding_share: float | None = None  # of a batch padded to max_seq_length: 1 - mean_length / max_seq_length
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SplitInfo:
+        histogram = values.get("length_histogram")
+        mean, padding = values.get("mean_length"), values.get("padding_share")
+        return cls(
+            samples=int(values["samples"]),
+            tokens=int(values["tokens"]),
+            masked_tokens=int(values["masked_tokens"]),
+            shards=tuple(ShardInfo(**shard) for shard in values["shards"]),
+            length_histogram=None if histogram is None else LengthHistogram.from_dict(histogram),
+            mean_length=None if mean is None else float(mean),
+            padding_share=None if padding is None else float(padding),
+        )
 
 
 @dataclass(frozen=True)
@@ -93,7 +115,9 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, as `manifest.json` holds it (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
+        values = json.loads(json.dumps(asdict(self)))
+        values["splits"] = {name: without_none(split) for name, split in values["splits"].items()}
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = MANIFEST_NAME) -> Manifest:
@@ -119,15 +143,7 @@ class Manifest:
                 ),
                 token_dtype=values["token_dtype"],
                 position_dtype=values["position_dtype"],
-                splits={
-                    name: SplitInfo(
-                        samples=int(split["samples"]),
-                        tokens=int(split["tokens"]),
-                        masked_tokens=int(split["masked_tokens"]),
-                        shards=tuple(ShardInfo(**shard) for shard in split["shards"]),
-                    )
-                    for name, split in values["splits"].items()
-                },
+                splits={name: SplitInfo.from_dict(split) for name, split in values["splits"].items()},
                 counters=dict(values["counters"]),
                 totals=dict(values["totals"]),
             )
@@ -136,6 +152,32 @@ class Manifest:
                 f"{source} lacks a field or has one of the wrong shape ({error!r}): it was not written by "
                 f"`bertpipe preprocess` or was edited; preprocess again"
             ) from error
+
+
+def without_none(split: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in split.items() if not (k in OPTIONAL_SPLIT_FIELDS and v is None)}
+
+
+def split_record(shard_records: list[dict[str, Any]], max_seq_length: int) -> dict[str, Any]:
+    """A split's manifest entry from its shards' records: their counts summed, their length histograms
+    summed into one for the split (a histogram per shard would grow the manifest with the shard count)."""
+    samples = sum(r["samples"] for r in shard_records)
+    tokens = sum(r["tokens"] for r in shard_records)
+    mean = mean_length(tokens, samples)
+    counts = sum_counts(r["length_counts"] for r in shard_records)
+    return without_none(
+        {
+            "samples": samples,
+            "tokens": tokens,
+            "masked_tokens": sum(r["masked_tokens"] for r in shard_records),
+            "shards": [
+                {k: v for k, v in r.items() if k not in ("split", "index", "length_counts")} for r in shard_records
+            ],
+            "length_histogram": {"bin_width": BIN_WIDTH, "counts": counts},
+            "mean_length": mean,
+            "padding_share": padding_share(mean, max_seq_length),
+        }
+    )
 
 
 def build_manifest(
@@ -148,15 +190,10 @@ def build_manifest(
     counters: dict[str, int],
 ) -> dict[str, Any]:
     records = sorted(shard_records, key=lambda r: (SPLITS.index(r["split"]), r["index"]))
-    splits: dict[str, Any] = {}
-    for split in SPLITS:
-        shards = [{k: v for k, v in r.items() if k not in ("split", "index")} for r in records if r["split"] == split]
-        splits[split] = {
-            "samples": sum(s["samples"] for s in shards),
-            "tokens": sum(s["tokens"] for s in shards),
-            "masked_tokens": sum(s["masked_tokens"] for s in shards),
-            "shards": shards,
-        }
+    splits = {
+        split: split_record([r for r in records if r["split"] == split], int(parameters["max_seq_length"]))
+        for split in SPLITS
+    }
     return {
         "format_version": FORMAT_VERSION,
         "parameters": parameters,

@@ -181,7 +181,11 @@ def summary(outcome: Outcome, output_dir: str) -> str:
     lines = [f"dataset -> {output_dir}"]
     for split, info in manifest.splits.items():
         shards = len(info.shards)
-        lines.append(f"  {split:10s} {info.samples:>10,} samples {info.tokens:>13,} tokens in {shards} shards")
+        line = f"  {split:10s} {info.samples:>10,} samples {info.tokens:>13,} tokens in {shards} shards"
+        if info.mean_length is not None and info.padding_share is not None:  # None: no samples, or an older manifest
+            padding = f"{info.padding_share:.1%} padding"
+            line += f", mean length {info.mean_length:.1f} of {manifest.max_seq_length} ({padding})"
+        lines.append(line)
     counters = manifest.counters
     lines.append("  counters: " + ", ".join(f"{k}={v:,}" for k, v in counters.items()))
     instances = counters.get("instances", 0)

@@ -106,7 +106,7 @@ def test_manifest_matches_the_files(datasets):
     totals = {"samples": 0, "tokens": 0}
     for split, info in manifest["splits"].items():
         assert info["shards"], split
-        sizes = []
+        sizes, lengths = [], []
         for shard in info["shards"]:
             path = directory / shard["name"]
             assert shard["name"].startswith(f"{split}-")
@@ -117,8 +117,15 @@ def test_manifest_matches_the_files(datasets):
             assert sum(len(s["input_ids"]) for _, s in samples) == shard["tokens"]
             assert sum(len(s["masked_lm_positions"]) for _, s in samples) == shard["masked_tokens"]
             sizes.append(len(samples))
+            lengths += [len(s["input_ids"]) for _, s in samples]
         assert max(sizes) - min(sizes) <= 1
         assert sum(sizes) == info["samples"]
+        # the length histogram and its mean, against the decoded instances
+        assert sum(info["length_histogram"]["counts"]) == info["samples"] == len(lengths)
+        width = info["length_histogram"]["bin_width"]
+        assert info["length_histogram"]["counts"] == np.bincount((np.array(lengths) - 1) // width).tolist()
+        assert info["mean_length"] == sum(lengths) / len(lengths)
+        assert info["padding_share"] == 1 - info["mean_length"] / PARAMS.max_seq_length
         # as many shards as bring them nearest --shard-mb, counting tar headers and padding
         member_bytes = 0
         for shard in info["shards"]:
