@@ -32,6 +32,18 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _environment_as_it_was():
+    """Each test leaves the process environment as it found it, for the runs later tests start. A library can
+    change it in passing: dask's LocalCluster sets MKL_NUM_THREADS=1 and OPENBLAS_NUM_THREADS=1 here for its
+    workers, and every later subprocess then ran its matrix products on one core whatever its OMP_NUM_THREADS."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 PYDOCS_CORPUS = Path(__file__).parent / "data" / "pydocs" / "corpus.txt"
 DEMO_CORPUS = PYDOCS_CORPUS.parent / "demo_corpus.txt"
 
