@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from preprocessing.shards import Sample
+
+CLS, SEP, MASK, PAD = 2, 3, 4, 0  # special token ids of the hand-built samples
 
 
 def perturb_parameters(model: nn.Module, seed: int = 0, scale: float = 0.05) -> None:
@@ -29,3 +34,11 @@ def random_batch(
         token_type_ids[row, length:] = 0
         attention_mask[row, length:] = 0
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+
+
+def pair_sample(a: list[int], b: list[int], positions: list[int], label: int = 0) -> Sample:
+    """[CLS] a [SEP] b [SEP] with the tokens at `positions` replaced by [MASK] and kept as the labels."""
+    tokens = np.array([CLS, *a, SEP, *b, SEP])
+    original = tokens[positions].copy()
+    tokens[positions] = MASK
+    return Sample(tokens, np.array(positions), original, len(a) + 2, label)

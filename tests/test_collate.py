@@ -10,22 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import CLS, MASK, PAD, SEP
+from helpers import pair_sample as sample
 
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
 from pipeline.collate import collate, padded_length, remask
 from pipeline.dataset_check import DatasetMismatch, check_against_model, load_manifest
 from preprocessing.manifest import Manifest
 from preprocessing.masking import MaskingRule, unmask
-from preprocessing.shards import Sample
-
-CLS, SEP, MASK, PAD = 2, 3, 4, 0
-
-
-def sample(a: list[int], b: list[int], positions: list[int], label: int = 0) -> Sample:
-    tokens = np.array([CLS, *a, SEP, *b, SEP])
-    original = tokens[positions].copy()
-    tokens[positions] = MASK
-    return Sample(tokens, np.array(positions), original, len(a) + 2, label)
 
 
 def test_padded_length():

@@ -6,21 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import CLS, MASK, PAD, SEP
+from helpers import pair_sample as sample
 
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
 from model.encoder import packed_attention
 from pipeline.collate import collate
 from pipeline.packing import collate_packed, first_fit_decreasing, packing_padding_share
 from preprocessing.shards import Sample
-
-CLS, SEP, MASK, PAD = 2, 3, 4, 0
-
-
-def sample(a: list[int], b: list[int], positions: list[int], label: int = 0) -> Sample:
-    tokens = np.array([CLS, *a, SEP, *b, SEP])
-    original = tokens[positions].copy()
-    tokens[positions] = MASK
-    return Sample(tokens, np.array(positions), original, len(a) + 2, label)
 
 
 def random_samples(count: int, longest: int, vocab: int, seed: int) -> list[Sample]:
