@@ -50,6 +50,9 @@ def commands(results: Path) -> dict[str, list[list[str]]]:
             command = [python, str(BENCHMARKS / "model_step.py"), "--device", "cuda", "--preset", "large"]
             command += ["--dtype", "bf16", "--seq", str(seq), "--batch", str(batch), "--steps", "20", "--warmup", "3"]
             plan["gpu_step"].append(command + (["--compile"] if compiled else []) + ["--out", str(out)])
+        packing = [python, str(BENCHMARKS / "packing.py"), "--device", "cuda", "--preset", "large", "--dtype", "bf16"]
+        packing += ["--batch", "64", "--repeat", "5", "--out", str(results / f"packing_{slug}_large.json")]
+        plan["gpu_step"].append(packing)
     return plan
 
 
