@@ -83,10 +83,14 @@ def best_of_interleaved(repeat: int, corpus: Path, tokenizer: Path, work: Path, 
     return best
 
 
-def run_job(corpus: Path, tokenizer: Path, output: Path, workers: int, args: argparse.Namespace) -> dict:
+def run_job(
+    corpus: Path, tokenizer: Path, output: Path, workers: int, args: argparse.Namespace, pattern: str = "corpus-*.txt"
+) -> dict:
+    """`bertpipe preprocess` over `corpus/pattern` in its own process; wall time, output counts and the peak
+    resident memory of the process tree."""
     shutil.rmtree(output, ignore_errors=True)
     command = [
-        sys.executable, "-m", "pipeline.cli", "preprocess", "--input", str(corpus / "corpus-*.txt"),
+        sys.executable, "-m", "pipeline.cli", "preprocess", "--input", str(corpus / pattern),
         "--tokenizer", str(tokenizer), "--output", str(output), "--dupe-factor", str(args.dupe_factor),
         "--shard-mb", str(args.shard_mb), f"--direct_num_workers={workers}",
     ]  # fmt: skip
@@ -104,7 +108,7 @@ def run_job(corpus: Path, tokenizer: Path, output: Path, workers: int, args: arg
     tokens = manifest.totals["tokens"]
     return {
         "workers": workers,
-        "corpus_bytes": sum(p.stat().st_size for p in corpus.glob("corpus-*.txt")),
+        "corpus_bytes": sum(p.stat().st_size for p in corpus.glob(pattern)),
         "wall_s": wall,
         "output_tokens": tokens,
         "samples": manifest.totals["samples"],

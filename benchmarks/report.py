@@ -26,6 +26,7 @@ GPU_SPEEDUP_GOAL = 1.5
 PREPROCESS_TOKENS_PER_CORE_GOAL = 400_000
 PREPROCESS_SPEEDUP_GOAL = 1.7
 PREPROCESS_MEMORY_GROWTH_GOAL = 0.20
+COMPRESSED_MEMORY_GROWTH_GOAL = 0.20  # one compressed file 10x larger: its read task's memory stays put
 LOADER_SAMPLES_GOAL = 10_000
 PACKING_IDEAL_SHARE_GOAL = 0.90  # packed speed-up at least this share of what the padding removed promises
 GPU_REAL_TOKENS_GOAL = 250_000  # per GPU at seq 512: MLPerf Training BERT's class (~970 samples/s per H100)
@@ -196,6 +197,31 @@ LOADER_ROWS = {
     "floor_webdataset_members": "floor: webdataset tar member iteration alone",
     "floor_our_shard_read": "floor: our shard read (whole shard in memory, sha256 checked)",
 }
+
+
+def compressed_memory(results: Path) -> list[str]:
+    run = json.loads((results / "compressed_memory.json").read_text())
+    rows = [
+        [
+            f"{r['text_mb']:,.0f} MB",
+            f"{r['compressed_bytes'] / 2**20:,.0f} MiB",
+            f"{r['wall_s']:.0f}",
+            f"{r['output_tokens']:,}",
+            f"{r['peak_rss_bytes'] / 2**20:,.0f} MiB",
+        ]
+        for r in run["runs"]
+    ]
+    growth = run["peak_rss_growth"]
+    return [
+        f"Machine: {run['machine']}. One gzip file, {run['workers']} local worker, dupe_factor {run['dupe_factor']}. "
+        "`benchmarks/results/compressed_memory.json`.",
+        "",
+        *table(["text", "gzip file", "wall (s)", "output tokens", "peak RSS (tree)"], rows, "rrrrr"),
+        "",
+        f"Goal: peak memory of the largest file <= {COMPRESSED_MEMORY_GROWTH_GOAL:.0%} above the smallest's: "
+        + verdict(growth <= COMPRESSED_MEMORY_GROWTH_GOAL, f"{growth:+.1%}")
+        + ".",
+    ]
 
 
 def plan(results: Path) -> list[str]:
@@ -430,6 +456,7 @@ BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "model_step_gpu": (model_step_gpu, "make bench on a machine with a GPU"),
     "preprocess": (preprocess, "python benchmarks/run_all.py --only preprocess"),
+    "compressed_memory": (compressed_memory, "python benchmarks/run_all.py --only compressed_memory"),
     "plan": (plan, "python benchmarks/run_all.py --only plan"),
     "loader": (loader, "python benchmarks/run_all.py --only loader"),
     "packing": (packing, "python benchmarks/run_all.py --only packing"),

@@ -2,7 +2,9 @@
 rewritten from their JSON. The GPU runs (BERT-Large, bf16, seq 128 and 512, against Hugging Face) run
 only where torch sees a GPU; elsewhere their earlier figures stay.
 
-    python benchmarks/run_all.py [--only cpu_step preprocess loader packing learning gpu_step] [--results DIR]
+    python benchmarks/run_all.py [--only NAME ...] [--results DIR]
+
+NAME: cpu_step preprocess compressed_memory plan loader packing learning gpu_step.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def commands(results: Path) -> dict[str, list[list[str]]]:
     plan = {
         "cpu_step": [cpu_step],
         "preprocess": [[python, str(BENCHMARKS / "preprocess.py"), "--out", str(results / "preprocess.json")]],
+        "compressed_memory": [
+            [python, str(BENCHMARKS / "compressed_memory.py"), "--out", str(results / "compressed_memory.json")]
+        ],
         "plan": [[python, str(BENCHMARKS / "plan.py"), "--out", str(results / "plan.json")]],
         "loader": [[python, str(BENCHMARKS / "loader.py"), "--out", str(results / "loader.json")]],
         "packing": [[python, str(BENCHMARKS / "packing.py"), "--out", str(results / "packing.json")]],
@@ -59,7 +64,9 @@ def commands(results: Path) -> dict[str, list[list[str]]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", nargs="+", choices=["cpu_step", "preprocess", "plan", "loader", "packing", "learning", "gpu_step"]
+        "--only",
+        nargs="+",
+        choices=["cpu_step", "preprocess", "compressed_memory", "plan", "loader", "packing", "learning", "gpu_step"],
     )
     parser.add_argument("--results", type=Path, default=BENCHMARKS / "results")
     args = parser.parse_args()

@@ -229,3 +229,18 @@ def test_packing_benchmark_writes_json(tmp_path):
     assert result["speedup"] == pytest.approx(
         result["real_tokens_per_s"]["packed"] / result["real_tokens_per_s"]["padded"]
     )
+
+
+@pytest.mark.slow
+def test_compressed_memory_benchmark_writes_json(tmp_path):
+    out = tmp_path / "compressed_memory.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/compressed_memory.py"), "--sizes-mb", "1", "2", "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    small, large = result["runs"]
+    assert (small["text_mb"], large["text_mb"]) == (1, 2) and small["workers"] == large["workers"] == 1
+    assert 0 < small["compressed_bytes"] < large["compressed_bytes"] < 2 * 2**20  # the text compresses
+    assert 1.5 < large["output_tokens"] / small["output_tokens"] < 2.5
+    assert result["peak_rss_growth"] == pytest.approx(large["peak_rss_bytes"] / small["peak_rss_bytes"] - 1)
