@@ -1,12 +1,12 @@
 """`bertpipe pretrain`: BERT pretraining under DeepSpeed, one process per rank.
 
 build the run (config, dataset check, model, engine, loader) -> restore a checkpoint if asked ->
-train micro-batch by micro-batch -> at step boundaries: metrics, evaluation, checkpoints, stop requests.
+train micro-batch by micro-batch -> at step boundaries: metrics, evaluation, stop requests, checkpoints.
+The run directory, its status file, the stop on SIGTERM/SIGINT and the reporting are `pipeline.run`'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 from model import PRESETS, BertConfig, BertForPreTraining
-from model.checkpoint import atomic_write_bytes
 from model.flops import peak_bf16_flops, pretraining_step_flops
 from model.local_attention_init import init_local_attention
 from pipeline import checkpointing, deepspeed_config
@@ -29,9 +28,19 @@ from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_b
 from pipeline.logs import announce
 from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
 from pipeline.model_source import resolve_model
-from pipeline.run_dir import CHECKPOINTS, METRICS_FILE, STATUS_FILE, TRACKING_OFF, StopRequest, write_status
+from pipeline.run import (
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    RUNNING,
+    TRACKING_OFF,
+    RunDirectory,
+    RunHarness,
+    StopRequest,
+    failure_message,
+)
 from pipeline.schedule import Schedule
-from pipeline.tracking import EXIT_NOT_REGISTERED, RunTracker, code_version, open_run
+from pipeline.tracking import EXIT_NOT_REGISTERED, code_version
 from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
 from pipeline.weights import checkpoint_tag_dir, load_initial_weights, model_config_of
 from preprocessing.errors import BertpipeError
@@ -91,11 +100,11 @@ def check_attention_init(train: TrainConfig, config: BertConfig) -> None:
 
 def check_output(output: Path, resume: str) -> str | None:
     """The checkpoint tag to resume from; refuses to start over a run that exists without --resume auto."""
-    checkpoints = output / CHECKPOINTS
-    tag = checkpointing.latest_tag(checkpoints) if checkpoints.is_dir() else None
+    directory = RunDirectory(output)
+    tag = directory.latest_checkpoint()
     if resume == "auto":
         return tag
-    if tag is not None or (output / METRICS_FILE).exists():
+    if tag is not None or directory.metrics.exists():
         raise TrainConfigError(
             f"{output} already holds a run; pass --resume auto to continue it, or choose another --output"
         )
@@ -138,6 +147,7 @@ class Trainer:
         self.resume_tag = check_output(self.output, request.resume)
         announce(f"joining the other ranks ({os.environ.get('WORLD_SIZE', '1')} in all)")
         self.rank, self.world_size, self.on_gpu = init_distributed()
+        self.harness = RunHarness(self.output, self.rank)
         self.ds_config, self.optimizer_spec, self.batch_sizes = deepspeed_config.prepare(
             self.config.deepspeed, self.world_size, self.on_gpu
         )
@@ -153,10 +163,8 @@ class Trainer:
             self.train.skip_bad_shards,
         )
         self.unigram = unigram_log_probs(counts, special.values())  # the context-free guess evaluations compare to
-        self.tracker: RunTracker | None = None
         self.best_eval_loss = float("inf")
         self.evaluations: dict[int, dict[str, float]] = {}  # by step
-        self.final_state = "running"
         self.unregistered: list[int] = []  # steps whose registration failed
         dist.barrier()  # every rank has passed the checks before anything is written
 
@@ -228,7 +236,7 @@ class Trainer:
         if self.resume_tag is None:
             return None
         announce(f"loading checkpoint {self.resume_tag}")
-        client_state, rank_state = checkpointing.load(self.engine, self.output / CHECKPOINTS, self.resume_tag)
+        client_state, rank_state = checkpointing.load(self.engine, self.harness.directory.checkpoints, self.resume_tag)
         # Restored only once the data loader is built (`run`): starting its iterator draws from torch's
         # generator, which the interrupted run had done before its first step, not at the checkpoint.
         self.saved_rng_states = rank_state["rng"]
@@ -246,35 +254,32 @@ class Trainer:
         self.run_id: str | None = None
         self.saved_rng_states: dict[str, Any] | None = None
         try:
-            step, metrics, fingerprints = self._start()
+            step, fingerprints = self._start()
         except Exception as error:  # a checkpoint that does not load, a loader that cannot start, a full disk
-            self._record_failure(0, error)
+            self._status(FAILED, 0, failure_message(error))
             raise
-        is_main = self.rank == 0
-        stop = StopRequest()
+        stop = self.harness.catch_stop_signals()
         announce(f"training from step {step} to {self.train.train_steps}")
-        bar = progress_bar(self.train.train_steps, step, enabled=is_main)
+        bar = progress_bar(self.train.train_steps, step, enabled=self.harness.is_main)
         outcome = 1
         try:
-            outcome = self._loop(step, stop, metrics, fingerprints, bar)
+            outcome = self._loop(step, stop, fingerprints, bar)
         except NonFiniteLossError as error:
-            self._status("failed", self.engine.global_steps, str(error))
+            self._status(FAILED, self.engine.global_steps, str(error))
             log.error("%s", error)
             return 1
         except Exception as error:  # a bad shard, a lost rank, a full disk: pollers must not read "running"
-            self._record_failure(self.engine.global_steps, error)
+            self._status(FAILED, self.engine.global_steps, failure_message(error))
             raise
         finally:
             bar.close()
             self.batches.close()
-            for handle in (metrics, fingerprints):
-                if handle is not None:
-                    handle.close()
-            if self.tracker is not None:
-                self._finish_tracking()
+            if fingerprints is not None:
+                fingerprints.close()
+            self.report.close(self.harness.state)
         return outcome
 
-    def _start(self) -> tuple[int, JsonLines | None, JsonLines | None]:
+    def _start(self) -> tuple[int, JsonLines | None]:
         """Everything between the checks and the first step: engine, checkpoint, data, files, tracking."""
         self.build_engine()
         saved_data = self.restore()
@@ -284,38 +289,27 @@ class Trainer:
         step = self.engine.global_steps
         resumed_step = step if self.resume_tag is not None else None
         self.output.mkdir(parents=True, exist_ok=True)
-        metrics = JsonLines(self.output / METRICS_FILE, resumed_step) if self.rank == 0 else None
+        self.report = self.harness.open_reporter(resumed_step)
         fingerprints = None
         if self.train.record_batch_fingerprints:
             fingerprints = JsonLines(self.output / "fingerprints" / f"rank{self.rank}.jsonl", resumed_step)
-        if self.rank == 0:
-            write_status(self.output, "running", step, self.resume_tag)
-            self._write_run_config()
-            self._start_tracking(step)
-        return step, metrics, fingerprints
+        self.harness.set_status(RUNNING, step, checkpoint=self.resume_tag)
+        if self.harness.is_main:
+            self.harness.directory.write_run_config(self._resolved_config())
+        self.report.track(self.request.tracking_uri, self.train.experiment, self.run_id, self._tags(step), self._params)
+        return step, fingerprints
 
-    def _record_failure(self, step: int, error: BaseException) -> None:
-        """`failed` in the status, with the error and the last usable checkpoint: whoever polls the status must
-        not read `running`, or the state of an earlier run."""
-        try:
-            self.output.mkdir(parents=True, exist_ok=True)
-            self._status("failed", step, f"{type(error).__name__}: {error}"[:2000])
-        except OSError as status_error:  # on a full disk the status may not be writable either
-            log.error("cannot write %s: %s", STATUS_FILE, status_error)
-
-    def _loop(self, step: int, stop: StopRequest, metrics, fingerprints, bar) -> int:
+    def _loop(self, step: int, stop: StopRequest, fingerprints: JsonLines | None, bar: Any) -> int:
         engine, train = self.engine, self.train
         device = engine.device
-        throughput = Throughput()
-        sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss, mlm, nsp, mlm ok/n, nsp ok/n
-        summed_batches = 0  # micro-batches in `sums`: every step since the last metrics record
+        window = StepWindow(device)
         step_batches: list[dict[str, torch.Tensor]] = []
-        consecutive_nonfinite = skipped_batches = 0
-        last_saved = step if self.resume_tag is not None else None
+        consecutive_nonfinite = 0
+        self.last_saved = step if self.resume_tag is not None else None
         while step < train.train_steps:
             waited = time.perf_counter()
             batch = next(self.batches)
-            throughput.add_wait(time.perf_counter() - waited)
+            window.throughput.add_wait(time.perf_counter() - waited)
             gpu_batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
             out = engine(**gpu_batch)
             flags = torch.stack(
@@ -328,7 +322,7 @@ class Trainer:
             nonfinite, stop_now = (bool(x) for x in flags.tolist())
             if nonfinite:  # every rank drops this micro-batch, so DeepSpeed's state stays in step
                 consecutive_nonfinite += 1
-                skipped_batches += 1
+                window.skipped += 1
                 log.warning("non-finite loss at step %d: the micro-batch is skipped", step + 1)
                 if consecutive_nonfinite >= train.max_nonfinite_steps:
                     raise NonFiniteLossError(
@@ -341,71 +335,72 @@ class Trainer:
                 engine.backward(out.loss)
                 lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step applies; step() moves it on
                 engine.step()
-                sums += torch.stack(
-                    [
-                        out.loss.detach().double(),
-                        out.mlm_loss.detach().double(),
-                        out.nsp_loss.detach().double(),
-                        out.mlm_correct.double(),
-                        out.mlm_count.double(),
-                        out.nsp_correct.double(),
-                        out.nsp_count.double(),
-                    ]
-                )
-                summed_batches += 1
+                window.add(out, batch, self.batch_sizes.micro)
                 step_batches.append(batch)
-                real_tokens = int(batch["attention_mask"].sum())
-                throughput.add(self.batch_sizes.micro, real_tokens, batch["input_ids"].numel())
             if engine.global_steps == step:
                 if stop_now:
                     stop.requested = True
                 continue
-            # -- a step completed ------------------------------------------------------------------
+            # -- a step completed: its boundary work, in this order -----------------------------------------
             step = engine.global_steps
             bar.update(1)
             if fingerprints is not None:
                 fingerprints.write({"step": step, "batches": batch_fingerprint(step_batches)})
-            if step % train.log_every == 0 or step == train.train_steps:
-                record = self._step_record(step, lr, sums, summed_batches, throughput, skipped_batches)
-                if metrics is not None:
-                    metrics.write(record)
-                    bar.set_postfix(postfix(record), refresh=False)
-                if self.tracker is not None:
-                    self.tracker.log_metrics(step, record)
-                sums.zero_()
-                summed_batches = skipped_batches = 0
             step_batches = []
-            if train.eval_every and step % train.eval_every == 0 and step < train.train_steps:
-                improved = self._evaluate(step, metrics)
-                if improved and train.register_on_best_eval and self._save(step):
-                    last_saved = step
-                    self._register(step)
+            self._log_step(step, lr, window, bar)
+            self._evaluate_between(step)
             if stop_now or stop.requested:
-                saved = self._save(step)
-                message = f"stopped by {stop.signal_name or 'a signal on another rank'}"
-                self._status("interrupted" if saved else "failed", step, message)
-                log.warning("stopped at step %d by a signal; checkpoint %s", step, "saved" if saved else "FAILED")
-                return 0 if saved else 1
-            if step % train.checkpoint_every == 0 and self._save(step):
-                last_saved = step
-        self._evaluate(step, metrics)
-        if last_saved != step and not self._save(step):
+                return self._stop(step, stop)
+            self._checkpoint(step)
+        return self._finish(step)
+
+    # -- step-boundary work: each hook decides whether the step is its turn --------------------------
+
+    def _log_step(self, step: int, lr: float, window: StepWindow, bar: Any) -> None:
+        """Every `log_every` steps and at the last: one metrics record of the steps since the previous one."""
+        if step % self.train.log_every != 0 and step != self.train.train_steps:
+            return
+        record = self._step_record(step, lr, window)
+        self.report.record(record)
+        bar.set_postfix(postfix(record), refresh=False)
+        window.reset()
+
+    def _evaluate_between(self, step: int) -> None:
+        """Every `eval_every` steps before the last; the run's best evaluation is saved and registered if asked."""
+        train = self.train
+        if not train.eval_every or step % train.eval_every != 0 or step >= train.train_steps:
+            return
+        if self._evaluate(step) and train.register_on_best_eval and self._save(step):
+            self.last_saved = step
+            self._register(step)
+
+    def _stop(self, step: int, stop: StopRequest) -> int:
+        """A stop was requested: save where the run stands and end; exit code 0 when that checkpoint is written."""
+        saved = self._save(step)
+        self._status(INTERRUPTED if saved else FAILED, step, stop.reason())
+        log.warning("stopped at step %d by a signal; checkpoint %s", step, "saved" if saved else "FAILED")
+        return 0 if saved else 1
+
+    def _checkpoint(self, step: int) -> None:
+        if step % self.train.checkpoint_every == 0 and self._save(step):
+            self.last_saved = step
+
+    def _finish(self, step: int) -> int:
+        """After the last step: a final evaluation and checkpoint, then the registration if asked."""
+        self._evaluate(step)
+        if self.last_saved != step and not self._save(step):
             message = f"the final checkpoint could not be written; the last usable one is {self._latest()}"
-            self._status("failed", step, message)
+            self._status(FAILED, step, message)
             return 1
         message = self._register(step) if self.train.register else ""
-        self._status("finished", step, message)
+        self._status(FINISHED, step, message)
         return EXIT_NOT_REGISTERED if self.unregistered and self.rank == 0 else 0
 
-    # -- step-boundary work --------------------------------------------------------------------------
-
-    def _step_record(
-        self, step: int, lr: float, sums: torch.Tensor, micro_batches: int, throughput: Throughput, skipped: int
-    ) -> dict[str, Any]:
-        dist.all_reduce(sums)
-        loss, mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n = sums.tolist()
-        batches = max(micro_batches * self.world_size, 1)
-        rates = throughput.report()
+    def _step_record(self, step: int, lr: float, window: StepWindow) -> dict[str, Any]:
+        dist.all_reduce(window.sums)
+        loss, mlm, nsp, mlm_ok, mlm_n, nsp_ok, nsp_n = window.sums.tolist()
+        batches = max(window.micro_batches * self.world_size, 1)
+        rates = window.throughput.report()
         record: dict[str, Any] = {
             "step": step,
             "loss": loss / batches,
@@ -416,7 +411,7 @@ class Trainer:
             "lr": lr,
             "grad_norm": _number(self.engine.get_global_grad_norm()),
             "loss_scale": _number(getattr(self.optimizer, "cur_scale", None)),
-            "skipped_batches": skipped,
+            "skipped_batches": window.skipped,
             "bad_shards_skipped": self._bad_shards_skipped(),
             "sequences_per_s": rates["sequences_per_s"] * self.world_size,
             "tokens_per_s": rates["tokens_per_s"] * self.world_size,  # real tokens
@@ -443,7 +438,7 @@ class Trainer:
         flops = pretraining_step_flops(self.model_config, round(padded_length), predictions)
         return flops * sequences_per_s / (peak * self.world_size)
 
-    def _evaluate(self, step: int, metrics: JsonLines | None) -> bool:
+    def _evaluate(self, step: int) -> bool:
         """Evaluate on every rank (the result is all-reduced); True when the MLM loss is the run's best yet."""
         if not self.eval_batches:
             return False
@@ -453,10 +448,7 @@ class Trainer:
         improved = result.mlm_loss < self.best_eval_loss
         self.best_eval_loss = min(self.best_eval_loss, result.mlm_loss)
         self.evaluations[step] = result.as_metrics()  # a registration at this step is tagged with it
-        if metrics is not None:
-            metrics.write({"step": step, **result.as_metrics()})
-        if self.tracker is not None:
-            self.tracker.log_metrics(step, result.as_metrics())
+        self.report.record({"step": step, **result.as_metrics()})
         if self.rank == 0:
             log.info(
                 "step %d evaluation: at [MASK] loss %.4f (unigram guess %.4f: %+.3f nat), accuracy %.4f; "
@@ -472,10 +464,9 @@ class Trainer:
         return improved
 
     def _save(self, step: int) -> bool:
-        directory = self.output / CHECKPOINTS
         client_state = {
             "step": step,
-            "run_id": self.tracker.run_id if self.tracker is not None else self.run_id,
+            "run_id": self.report.run_id if self.report.tracker is not None else self.run_id,
             "train_config": self.train.to_dict(),
             "model_config": self.model_config.to_dict(),
             "dataset": absolute(self.request.dataset),
@@ -484,20 +475,26 @@ class Trainer:
         }
         rank_state = {"rng": checkpointing.rng_states(), "data": self.batches.state.to_dict()}
         return checkpointing.save(
-            self.engine, directory, step, client_state, rank_state, self.train.keep_checkpoints, self.engine.device
+            self.engine,
+            self.harness.directory.checkpoints,
+            step,
+            client_state,
+            rank_state,
+            self.train.keep_checkpoints,
+            self.engine.device,
         )
 
     def _status(self, state: str, step: int, message: str = "") -> None:
-        self.final_state = state
-        if self.rank == 0:
-            write_status(self.output, state, step, self._latest(), message)
+        """The status names the newest checkpoint: where a resume would continue."""
+        self.harness.set_status(state, step, message, self._latest() if self.harness.is_main else None)
+
+    def _latest(self) -> str | None:
+        return self.harness.directory.latest_checkpoint()
 
     # -- MLflow (rank 0) -----------------------------------------------------------------------------
 
-    def _start_tracking(self, step: int) -> None:
-        if self.request.tracking_uri == TRACKING_OFF:
-            return
-        tags = {
+    def _tags(self, step: int) -> dict[str, Any]:
+        tags: dict[str, Any] = {
             "phase": self.train.phase,
             "world_size": self.world_size,
             "nodes": self.nodes,
@@ -507,9 +504,7 @@ class Trainer:
         }
         if self.resume_tag is not None:
             tags["resumed_at_step"] = step
-        uri, experiment = self.request.tracking_uri, self.train.experiment
-        announce(f"opening the MLflow run (experiment {experiment!r})")
-        self.tracker = open_run(self.output, uri, experiment, self.run_id, tags, self._params())
+        return tags
 
     def _params(self) -> dict[str, Any]:
         manifest = self.manifest
@@ -541,10 +536,11 @@ class Trainer:
         """Export the checkpoint at `step` and register it (rank 0); the other ranks wait at the next collective.
         A failure is reported (log, the returned status message, `self.unregistered`) and training goes on:
         `bertpipe register` can do it later."""
-        if self.rank != 0 or self.tracker is None:
+        tracker = self.report.tracker
+        if tracker is None:  # tracking off, or not rank 0
             return ""
         later = f"run `bertpipe register --checkpoint {self.output} --tag {checkpointing.tag_for(step)}` later"
-        run_id = self.tracker.wait_for_run()
+        run_id = tracker.wait_for_run()
         if run_id is None:
             log.warning("MLflow is unavailable, so step %d was not registered; %s", step, later)
             self.unregistered.append(step)
@@ -563,30 +559,20 @@ class Trainer:
             run_id=run_id,
             evaluation=self.evaluations.get(step, {}),
         )
-        tag_dir = self.output / CHECKPOINTS / checkpointing.tag_for(step)
+        tag_dir = self.harness.directory.checkpoints / checkpointing.tag_for(step)
         try:
-            registration = register_run_checkpoint(tag_dir, self.output, facts, self.tracker.uri)
+            registration = register_run_checkpoint(tag_dir, self.output, facts, tracker.uri)
         except Exception as error:  # a registry problem must not fail a finished run
             log.warning("registering step %d failed (%s: %s); %s", step, type(error).__name__, error, later)
             self.unregistered.append(step)
             return f"not registered ({type(error).__name__}); {later}"
-        self.tracker.set_tags({"registered_version": registration.uri})
+        tracker.set_tags({"registered_version": registration.uri})
         champion = " (champion)" if registration.champion else ""
         return f"registered {registration.uri}{champion}"
 
-    def _finish_tracking(self) -> None:
-        assert self.tracker is not None
-        status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(self.final_state, "FAILED")
-        unsent = self.tracker.finish(status)
-        if unsent:
-            log.warning("%d MLflow records were not sent; %s has every step", unsent, self.output / METRICS_FILE)
-
-    def _latest(self) -> str | None:
-        directory = self.output / CHECKPOINTS
-        return checkpointing.latest_tag(directory) if directory.is_dir() else None
-
-    def _write_run_config(self) -> None:
-        resolved = {
+    def _resolved_config(self) -> dict[str, Any]:
+        """run_config.json: the settings as this run resolved them."""
+        return {
             "train": self.train.to_dict(),
             "deepspeed": self.ds_config,
             "model": self.model_config.to_dict(),
@@ -595,7 +581,39 @@ class Trainer:
             "init_from_path": self.init_from,
             "world_size": self.world_size,
         }
-        atomic_write_bytes(self.output / "run_config.json", (json.dumps(resolved, indent=2) + "\n").encode())
+
+
+class StepWindow:
+    """What this rank trained on since the last metrics record: losses and counts summed over its micro-batches,
+    the micro-batches skipped for a non-finite loss, and the throughput."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss, mlm, nsp, mlm ok/n, nsp ok/n
+        self.micro_batches = 0
+        self.skipped = 0
+        self.throughput = Throughput()
+
+    def add(self, out: Any, batch: dict[str, torch.Tensor], micro_batch: int) -> None:
+        """One trained micro-batch: `out` the model's output, `batch` its inputs (on the CPU)."""
+        self.sums += torch.stack(
+            [
+                out.loss.detach().double(),
+                out.mlm_loss.detach().double(),
+                out.nsp_loss.detach().double(),
+                out.mlm_correct.double(),
+                out.mlm_count.double(),
+                out.nsp_correct.double(),
+                out.nsp_count.double(),
+            ]
+        )
+        self.micro_batches += 1
+        real_tokens = int(batch["attention_mask"].sum())
+        self.throughput.add(micro_batch, real_tokens, batch["input_ids"].numel())
+
+    def reset(self) -> None:
+        """After a record: the throughput's own window restarts when it reports."""
+        self.sums.zero_()
+        self.micro_batches = self.skipped = 0
 
 
 def _number(value: Any) -> float | None:

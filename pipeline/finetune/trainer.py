@@ -4,7 +4,8 @@ updated, one process per rank.
 resolve the model -> read and encode the task's files -> engine -> epochs of training, each followed by an
 evaluation on the validation file -> the best epoch kept (a DeepSpeed checkpoint, its predictions) -> with a
 test file, the best epoch's weights scored once on it -> exported as a Hugging Face directory -> registered
-as `<base>-<task>`, tracked in MLflow throughout.
+as `<base>-<task>`, tracked in MLflow throughout. The run directory, its status file, the stop on SIGTERM/SIGINT
+and the reporting are `pipeline.run`'s.
 """
 
 from __future__ import annotations
@@ -33,22 +34,21 @@ from pipeline.finetune.ner import NerTask
 from pipeline.finetune.qa import QuestionAnsweringTask
 from pipeline.finetune.task import TEST, VALIDATION, ModelInputs, Split, Task, TaskData, TaskOptions, collate_features
 from pipeline.logs import announce
-from pipeline.metrics import JsonLines
 from pipeline.model_source import ResolvedModel, resolve_model
-from pipeline.run_dir import (
+from pipeline.run import (
     CHECKPOINTS,
-    FAILED,
     FINISHED,
     INTERRUPTED,
     METRICS_FILE,
     RUNNING,
     STATUS_FILE,
     TRACKING_OFF,
+    RunDirectory,
+    RunHarness,
     StopRequest,
-    write_status,
 )
 from pipeline.schedule import Schedule
-from pipeline.tracking import EXIT_NOT_REGISTERED, RunTracker, code_version, open_run
+from pipeline.tracking import EXIT_NOT_REGISTERED, code_version
 from pipeline.train_config import TrainConfigError
 from pipeline.weights import consolidated_state_dict
 from preprocessing.errors import BertpipeError, MissingInputError, OutputExistsError
@@ -140,7 +140,7 @@ def default_registered_name(model: ResolvedModel, task: str) -> str:
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    present = [name for name in OUTPUTS if (output / name).exists()]
+    present = RunDirectory(output).present(OUTPUTS)
     if present and not overwrite:
         raise OutputExistsError(
             f"{output} already holds a fine-tuning run ({', '.join(present)}); pass --overwrite to replace it or "
@@ -169,6 +169,7 @@ class FineTuner:
         self.source = resolve_model(request.model, registry_uri)
         announce(f"joining the other ranks ({os.environ.get('WORLD_SIZE', '1')} in all)")
         self.rank, self.world_size, self.on_gpu = init_distributed()
+        self.harness = RunHarness(self.output, self.rank)
         self.nodes = node_count(self.world_size)
         if self.rank == 0:
             if request.overwrite:
@@ -203,7 +204,6 @@ class FineTuner:
         self.total_steps = per_epoch * request.epochs
         self.schedule = Schedule(self.total_steps, round(request.warmup_proportion * self.total_steps))
         self.pad_id = self.tokenizer.token_to_id("[PAD]")
-        self.tracker: RunTracker | None = None
         dist.barrier()
 
     # -- building -------------------------------------------------------------------------------------
@@ -254,80 +254,55 @@ class FineTuner:
 
     def run(self) -> int:
         self.build_engine()
-        is_main = self.rank == 0
-        metrics = JsonLines(self.output / METRICS_FILE, None) if is_main else None
-        self._status(RUNNING, 0)
-        if is_main:
-            self._start_tracking()
-        stop = StopRequest()
+        self.report = self.harness.open_reporter(None)
+        self.harness.set_status(RUNNING, 0)
+        self.report.track(self.request.tracking_uri, self.request.experiment, None, self._tags(), self._params)
+        stop = self.harness.catch_stop_signals()
         best: dict[str, Any] = {"value": -math.inf, "epoch": None, "step": None, "metrics": {}}
-        state, stopped = FAILED, ""
+        stopped = ""
         try:
             for epoch in range(1, self.request.epochs + 1):
                 announce(f"epoch {epoch}/{self.request.epochs}: training on {len(self.data.train):,} examples")
-                if not self._train_epoch(epoch, metrics, stop):
+                if not self._train_epoch(epoch, stop):
                     stopped = (
-                        f"stopped by {stop.signal_name or 'a signal on another rank'} at step "
-                        f"{self.engine.global_steps}, in epoch {epoch} of {self.request.epochs}"
+                        f"{stop.reason()} at step {self.engine.global_steps}, in epoch {epoch} of {self.request.epochs}"
                     )
                     break
                 evaluation, predictions = self._evaluate(self.data.validation, VALIDATION)
                 step = self.engine.global_steps
-                record = {"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in evaluation.items()}}
-                if metrics is not None:
-                    metrics.write(record)
-                if self.tracker is not None:
-                    self.tracker.log_metrics(step, {k: v for k, v in record.items() if k != "step"})
+                self.report.record({"step": step, "epoch": epoch, **prefixed("eval_", evaluation)})
                 value = evaluation[self.task.metric]
-                if is_main:
+                if self.harness.is_main:
                     log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items()))
                 if value > best["value"]:
                     best = {"value": value, "epoch": epoch, "step": step, "metrics": evaluation}
                     self._keep_best(step, epoch, evaluation, predictions)
             if stopped and best["epoch"] is None:
-                state = INTERRUPTED
-                self._status(
-                    INTERRUPTED, self.engine.global_steps, f"{stopped}, before any epoch ended: nothing to export"
-                )
+                message = f"{stopped}, before any epoch ended: nothing to export"
+                self.harness.set_status(INTERRUPTED, self.engine.global_steps, message)
                 log.warning("%s, before any epoch ended: nothing was exported", stopped)
                 return 1
             test = self._test(best, self.data.test) if self.data.test is not None else None
             if test is not None:
-                if metrics is not None:
-                    metrics.write(final_record(best, test))
-                if self.tracker is not None:  # the validation metrics are in the run already, at this step
-                    self.tracker.log_metrics(best["step"], prefixed("test_", test))
+                self.report.to_file(final_record(best, test))
+                # MLflow has the validation metrics at this step already
+                self.report.to_mlflow(best["step"], prefixed("test_", test))
             summary = self._finish(best, test, stopped)
             state = INTERRUPTED if stopped else FINISHED
             message = f"{stopped}; the best of the epochs that ended ({best['epoch']}) is exported" if stopped else ""
-            self._status(state, best["step"], message, summary.get("exported"))
+            self.harness.set_status(state, best["step"], message, summary.get("exported"))
         except Exception as error:  # pollers and the launcher must not read "running"
-            self._status(FAILED, self.engine.global_steps, f"{type(error).__name__}: {error}"[:2000])
+            self.harness.fail(self.engine.global_steps, error)
             raise
         finally:
-            if metrics is not None:
-                metrics.close()
-            if self.tracker is not None:
-                tracked = {FINISHED: "FINISHED", INTERRUPTED: "KILLED"}.get(state, "FAILED")
-                unsent = self.tracker.finish(tracked)
-                if unsent:
-                    log.warning("%d MLflow records were not sent; %s has them", unsent, self.output / METRICS_FILE)
-        if is_main:
+            self.report.close(self.harness.state)
+        if self.harness.is_main:
             print(summary_line(summary))
             if stopped:
                 log.warning("%s; the best epoch so far is exported to %s, not registered", stopped, summary["exported"])
-            elif self.request.register and self.tracker is not None and summary.get("registered") is None:
+            elif self.request.register and self.report.tracker is not None and summary.get("registered") is None:
                 return EXIT_NOT_REGISTERED
         return 0
-
-    def _status(self, state: str, step: int, message: str = "", exported: str | None = None) -> None:
-        """rank 0 writes run_status.json; `checkpoint` names the exported model once there is one."""
-        if self.rank != 0:
-            return
-        try:
-            write_status(self.output, state, step, exported, message)
-        except OSError as error:  # on a full disk the status may not be writable either
-            log.error("cannot write %s: %s", self.output / STATUS_FILE, error)
 
     def _loader(self, epoch: int):
         from torch.utils.data import DataLoader, DistributedSampler
@@ -344,7 +319,7 @@ class FineTuner:
             collate_fn=lambda features: collate_features(features, self.pad_id, max_length),
         )
 
-    def _train_epoch(self, epoch: int, metrics: JsonLines | None, stop: StopRequest) -> bool:
+    def _train_epoch(self, epoch: int, stop: StopRequest) -> bool:
         """One pass over the training examples; False when a stop was requested (on any rank), which every
         rank sees at the same micro-batch and leaves before its backward pass."""
         engine = self.engine
@@ -379,10 +354,7 @@ class FineTuner:
                 loss_sum, count = sums.tolist()
                 record = {"step": step, "epoch": epoch, "loss": loss_sum / max(count, 1.0), "lr": lr}
                 sums.zero_()
-                if metrics is not None:
-                    metrics.write(record)
-                if self.tracker is not None:
-                    self.tracker.log_metrics(step, {k: v for k, v in record.items() if k != "step"})
+                self.report.record(record)
         return True
 
     def _evaluate(self, features: list[ModelInputs], split: Split) -> tuple[dict[str, float], Any]:
@@ -420,24 +392,24 @@ class FineTuner:
             "task": self.task.name,
             "world_size": self.world_size,
         }
+        checkpoints = self.harness.directory.checkpoints
         if not checkpointing.save(
             self.engine,
-            self.output / CHECKPOINTS,
+            checkpoints,
             step,
             client_state,
             {"rng": checkpointing.rng_states()},
             1,
             self.engine.device,
         ):
-            directory = self.output / CHECKPOINTS
-            raise CheckpointWriteError(f"the checkpoint of epoch {epoch} could not be written in {directory}")
+            raise CheckpointWriteError(f"the checkpoint of epoch {epoch} could not be written in {checkpoints}")
         if self.rank == 0:
             self.task.write_predictions(predictions, self.output / self.task.predictions_name(VALIDATION))
 
     def _test(self, best: dict[str, Any], features: list[ModelInputs]) -> dict[str, float]:
         """Collective: the best epoch's checkpoint is loaded back (the engine holds the last epoch's weights)
         and the test file scored once; rank 0 writes its predictions."""
-        checkpointing.load(self.engine, self.output / CHECKPOINTS, checkpointing.tag_for(best["step"]))
+        checkpointing.load(self.engine, self.harness.directory.checkpoints, checkpointing.tag_for(best["step"]))
         test, predictions = self._evaluate(features, TEST)
         if self.rank == 0:
             log.info("test, epoch %d: %s", best["epoch"], ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
@@ -451,7 +423,7 @@ class FineTuner:
         register = self.request.register and not stopped
         if self.rank == 0:
             announce(f"exporting the best epoch ({best['epoch']})" + (" and registering it" if register else ""))
-            tag_dir = self.output / CHECKPOINTS / checkpointing.tag_for(best["step"])
+            tag_dir = self.harness.directory.checkpoints / checkpointing.tag_for(best["step"])
             model_dir = self.export(tag_dir)
             summary = {
                 "task": self.task.name,
@@ -473,7 +445,7 @@ class FineTuner:
             summary["registered"] = self._register(model_dir, best, test) if register else None
             atomic_write_bytes(self.output / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
             if not self.request.keep_checkpoint:
-                shutil.rmtree(self.output / CHECKPOINTS, ignore_errors=True)
+                shutil.rmtree(self.harness.directory.checkpoints, ignore_errors=True)
         dist.barrier()
         return summary
 
@@ -497,10 +469,8 @@ class FineTuner:
 
     # -- MLflow (rank 0) -------------------------------------------------------------------------------
 
-    def _start_tracking(self) -> None:
-        if self.request.tracking_uri == TRACKING_OFF:
-            return
-        tags = {
+    def _tags(self) -> dict[str, Any]:
+        return {
             "task": self.task.name,
             "base_model": self.request.model,
             "base_registry_version": self.source.registry_version,
@@ -508,9 +478,6 @@ class FineTuner:
             "world_size": self.world_size,
             "nodes": self.nodes,
         }
-        uri, experiment = self.request.tracking_uri, self.request.experiment
-        announce(f"opening the MLflow run (experiment {experiment!r})")
-        self.tracker = open_run(self.output, uri, experiment, None, tags, self._params())
 
     def _params(self) -> dict[str, Any]:
         from pipeline.registry import file_sha256
@@ -544,9 +511,10 @@ class FineTuner:
         }
 
     def _register(self, model_dir: Path, best: dict[str, Any], test: dict[str, float] | None) -> str | None:
-        if self.tracker is None:
+        tracker = self.report.tracker
+        if tracker is None:
             return None
-        if self.tracker.wait_for_run() is None:
+        if tracker.wait_for_run() is None:
             log.warning(
                 "MLflow is unavailable, so the model was not registered; run `bertpipe register --model %s --name "
                 "NAME` later",
@@ -567,9 +535,9 @@ class FineTuner:
         try:
             registration = register_export(
                 model_dir,
-                self.tracker.uri,
+                tracker.uri,
                 name,
-                run_id=self.tracker.run_id,
+                run_id=tracker.run_id,
                 tags=tags,
                 eval_metrics=reported_metrics(best["metrics"], test),
                 rule=ChampionRule(f"eval_{self.task.metric}", higher_is_better=True),
@@ -584,7 +552,7 @@ class FineTuner:
                 name,
             )
             return None
-        self.tracker.set_tags({"registered_version": registration.uri})
+        tracker.set_tags({"registered_version": registration.uri})
         return registration.uri + (" (champion)" if registration.champion else "")
 
 
