@@ -305,6 +305,10 @@ class Trainer:
         window = StepWindow(device)
         step_batches: list[dict[str, torch.Tensor]] = []
         consecutive_nonfinite = 0
+        # A stop every rank has agreed to. The signal handler sets `stop.requested` on its own rank at any moment;
+        # deciding on that flag at the step boundary would let a rank whose signal came after the agreement below
+        # go to the checkpoint's collectives while the others wait in the next agreement: a deadlock.
+        stopping = False
         self.last_saved = step if self.resume_tag is not None else None
         while step < train.train_steps:
             waited = time.perf_counter()
@@ -320,6 +324,7 @@ class Trainer:
             )
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             nonfinite, stop_now = (bool(x) for x in flags.tolist())
+            stopping = stopping or stop_now
             if nonfinite:  # every rank drops this micro-batch, so DeepSpeed's state stays in step
                 consecutive_nonfinite += 1
                 window.skipped += 1
@@ -337,9 +342,7 @@ class Trainer:
                 engine.step()
                 window.add(out, batch, self.batch_sizes.micro)
                 step_batches.append(batch)
-            if engine.global_steps == step:
-                if stop_now:
-                    stop.requested = True
+            if engine.global_steps == step:  # inside a gradient accumulation: the step goes on to its end
                 continue
             # -- a step completed: its boundary work, in this order -----------------------------------------
             step = engine.global_steps
@@ -349,7 +352,7 @@ class Trainer:
             step_batches = []
             self._log_step(step, lr, window, bar)
             self._evaluate_between(step)
-            if stop_now or stop.requested:
+            if stopping:
                 return self._stop(step, stop)
             self._checkpoint(step)
         return self._finish(step)
