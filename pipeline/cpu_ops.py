@@ -9,7 +9,31 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
+
+# A build of the op takes a minute or two; a lock file this old was left by a build that was killed (Ctrl-C, a
+# timeout), and torch would wait on it for ever.
+STALE_LOCK_S = 15 * 60
+
+
+def remove_stale_lock(build_directory: Path, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Delete the build directory's lock file when it is older than `max_age_s`; True when one was deleted."""
+    lock = build_directory / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < max_age_s:
+        return False
+    print(
+        f"removing {lock}, left {age / 60:.0f} minutes ago by a build of DeepSpeed's CPU communication op that did "
+        f"not finish",
+        file=sys.stderr,
+        flush=True,
+    )
+    lock.unlink(missing_ok=True)
+    return True
 
 
 def build_shared_memory_op() -> bool:
@@ -23,7 +47,9 @@ def build_shared_memory_op() -> bool:
         return False
     from torch.utils.cpp_extension import _get_build_directory
 
-    if not (Path(_get_build_directory(builder.name, verbose=False)) / f"{builder.name}.so").exists():
+    build_directory = Path(_get_build_directory(builder.name, verbose=False))
+    remove_stale_lock(build_directory)
+    if not (build_directory / f"{builder.name}.so").exists():
         print(
             "building DeepSpeed's CPU communication op (once per machine; a minute or more on a small one)",
             file=sys.stderr,

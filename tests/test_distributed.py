@@ -58,3 +58,16 @@ def test_cpu_ranks_leave_no_shared_memory_segments_behind(world):
     assert [r["left"] for r in reports] == [False] * world
     leftovers = sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
     assert leftovers == []
+
+
+def test_a_lock_left_by_a_killed_build_of_the_cpu_op_is_removed_and_a_recent_one_kept(tmp_path):
+    """torch waits for ever on the lock file of an extension build; a build killed half-way leaves one behind."""
+    from pipeline.cpu_ops import STALE_LOCK_S, remove_stale_lock
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    assert not remove_stale_lock(tmp_path) and lock.exists()  # another process may be building right now
+    old = lock.stat().st_mtime - STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    assert remove_stale_lock(tmp_path) and not lock.exists()
+    assert not remove_stale_lock(tmp_path)  # nothing left to remove
