@@ -16,8 +16,8 @@ scored by the same code on the same held-out positions:
   no DataLoader workers, 2 torch threads. A `TrainerCallback` evaluates it at the steps ours evaluates.
 - **random**: transformers' random initialisation, evaluated once (step 0).
 
-Evaluation is `pipeline.evaluate.evaluate` on our validation shards (the peer's model behind a thin
-adapter), with the unigram baseline of `pipeline.loader.target_counts` over the train split, as the
+Evaluation is `pipeline.training.evaluate.evaluate` on our validation shards (the peer's model behind a thin
+adapter), with the unigram baseline of `pipeline.data.loader.target_counts` over the train split, as the
 trainer computes it. The headline is the held-out loss at `[MASK]` positions against that context-free
 guess. Downstream, each arm's final model (and random weights, `--from-scratch`) is fine-tuned on the
 bundled classification task with `launch/finetune.sh classify`, split as the demo splits it
@@ -62,14 +62,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_description, cpu_model
 from model.heads import IGNORE_INDEX
-from pipeline.dataset_check import load_manifest
-from pipeline.deepspeed_config import resolve_batch_sizes
+from pipeline.data.dataset_check import load_manifest
 from pipeline.demo.downstream import RunResult, choose_learning_rates
 from pipeline.demo.layout import FOLDS, SIZES, DemoLayout, fold_of_seed
 from pipeline.demo.report import read_labels
 from pipeline.demo.steps import write_task_files
-from pipeline.distributed import free_port
-from pipeline.train_config import LoadedConfig, load_config
+from pipeline.training.deepspeed_config import resolve_batch_sizes
+from pipeline.training.distributed import free_port
+from pipeline.training.train_config import LoadedConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PYDOCS = ROOT / "tests" / "data" / "pydocs"
@@ -281,9 +281,9 @@ class HeldOut:
 
 
 def held_out(settings: Settings) -> HeldOut:
-    from pipeline.evaluate import unigram_log_probs
-    from pipeline.loader import SplitSpec, evaluation_batches, target_counts
-    from pipeline.pretrain import UNIGRAM_SAMPLES  # the trainer's own sample count for the baseline
+    from pipeline.data.loader import SplitSpec, evaluation_batches, target_counts
+    from pipeline.training.evaluate import unigram_log_probs
+    from pipeline.training.pretrain import UNIGRAM_SAMPLES  # the trainer's own sample count for the baseline
 
     manifest = load_manifest(settings.dataset)
     train = settings.loaded(seed=0).train
@@ -408,7 +408,7 @@ def run_ours(settings: Settings, seed: int, run_dir: Path) -> dict[str, Any]:
 
 
 class PretrainingAdapter(torch.nn.Module):
-    """A transformers BertForPreTraining behind the interface `pipeline.evaluate.evaluate` calls: our batch
+    """A transformers BertForPreTraining behind the interface `pipeline.training.evaluate.evaluate` calls: our batch
     keys in, MLM logits at the predicted slots and NSP counts out."""
 
     def __init__(self, model: torch.nn.Module):
@@ -438,8 +438,8 @@ class PretrainingAdapter(torch.nn.Module):
 def pair_examples(dataset: Path, verify: bool = True) -> list[dict[str, Any]]:
     """Our training pairs as a transformers user feeds them to the MLM collator: the original tokens (masks
     undone), segment ids, attention mask, special-tokens mask, and the NSP label."""
-    from pipeline.loader import SplitSpec
-    from pipeline.shard_reader import read_shard_members
+    from pipeline.data.loader import SplitSpec
+    from pipeline.data.shard_reader import read_shard_members
     from preprocessing.masking import unmask
     from preprocessing.shards import decode_sample
 
@@ -530,7 +530,7 @@ def run_peer(settings: Settings, seed: int, run_dir: Path, evaluation: HeldOut) 
     import transformers
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
 
-    from pipeline.evaluate import evaluate
+    from pipeline.training.evaluate import evaluate
 
     start = time.monotonic()
     clock = lambda: time.monotonic() - start  # noqa: E731
@@ -583,7 +583,7 @@ def run_random(settings: Settings, seed: int, evaluation: HeldOut) -> dict[str, 
     """transformers' random initialisation, scored once."""
     import transformers
 
-    from pipeline.evaluate import evaluate
+    from pipeline.training.evaluate import evaluate
 
     start = time.monotonic()
     manifest = load_manifest(settings.dataset)

@@ -1,11 +1,11 @@
 """Loader throughput per process at seq 128: shards on disk to collated batches of 32, ours against a
 plain webdataset pipeline doing the same work, in one process.
 
-Ours is `pipeline.loader.stream_batches` for one stream, in this process: what one DataLoader worker
+Ours is `pipeline.data.loader.stream_batches` for one stream, in this process: what one DataLoader worker
 does (seeded shard windows, whole-shard reads with sha256 checks, msgpack decode, collation). Variants:
 without the checksum check, and with dynamic re-masking. The reference is
 `webdataset.WebDataset(urls, shardshuffle=False).shuffle(1000)` with `decode_sample` mapped over the
-`.msgpack` members and `pipeline.collate.collate` as its batch collation. Floors: webdataset's tar
+`.msgpack` members and `pipeline.data.collate.collate` as its batch collation. Floors: webdataset's tar
 iteration alone (samples grouped from members, nothing decoded) and our shard read alone. The cost of
 each stage of ours per sample is timed on samples already in memory.
 
@@ -42,11 +42,11 @@ import webdataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_description, cpu_model
-from pipeline import data_plan
-from pipeline.collate import collate, remask
-from pipeline.dataset_check import load_manifest
-from pipeline.loader import SplitSpec, StreamOptions, stream_batches
-from pipeline.shard_reader import read_shard_members
+from pipeline.data import data_plan
+from pipeline.data.collate import collate, remask
+from pipeline.data.dataset_check import load_manifest
+from pipeline.data.loader import SplitSpec, StreamOptions, stream_batches
+from pipeline.data.shard_reader import read_shard_members
 from preprocessing.manifest import Manifest
 from preprocessing.randomness import numpy_rng
 from preprocessing.shards import SAMPLE_EXTENSION, decode_sample

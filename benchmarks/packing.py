@@ -1,9 +1,9 @@
 """Packed against padded training steps on real shards of the bundled corpus, at seq 128 and 512, in one process.
 
 For each sequence length the real preprocessing job builds a dataset from the shipped corpus (dupe factor 1,
-max_predictions 0.15 x seq, as BERT's phases use), then one training stream (`pipeline.loader.stream_batches`)
+max_predictions 0.15 x seq, as BERT's phases use), then one training stream (`pipeline.data.loader.stream_batches`)
 yields the same micro-batches of instances twice: padded to the longest instance (one row each) and packed
-(`pipeline.packing`, several instances per row). Reported per length: the padding share of each form over
+(`pipeline.data.packing`, several instances per row). Reported per length: the padding share of each form over
 `--batches` batches, rows per batch, and the time of a full training step (forward, backward, AdamW) of our
 `BertForPreTraining` on each form, the two interleaved over `--repeat` rounds (the fastest round counts), as
 real tokens per second. The ideal speed-up is what the computed tokens shrink by, (1 - packed share) /
@@ -35,8 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchmarks.loader import build_dataset
 from benchmarks.machine import cpu_description
 from model import BertConfig, BertForPreTraining
-from pipeline.dataset_check import load_manifest
-from pipeline.loader import SplitSpec, StreamOptions, stream_batches
+from pipeline.data.dataset_check import load_manifest
+from pipeline.data.loader import SplitSpec, StreamOptions, stream_batches
 
 IDEAL_TOLERANCE = 0.10  # the goal: a measured speed-up within 10% of the ideal one
 

@@ -29,7 +29,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_description
-from pipeline.dataset_check import load_manifest
+from pipeline.data.dataset_check import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "data" / "pydocs" / "corpus.txt"

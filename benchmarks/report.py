@@ -189,7 +189,7 @@ def preprocess(results: Path) -> list[str]:
 
 
 LOADER_ROWS = {
-    "ours": "ours (`pipeline.loader.stream_batches`: seeded shard windows, whole-shard read with sha256 check, "
+    "ours": "ours (`pipeline.data.loader.stream_batches`: seeded shard windows, whole-shard read with sha256 check, "
     "msgpack decode, collate)",
     "ours_no_checksum": "ours without the sha256 check",
     "ours_remask": "ours with dynamic re-masking",

@@ -22,12 +22,12 @@
 #   -h, --help          this text, then the options of `bertpipe finetune`
 # HOSTFILE names the DeepSpeed hostfile (default launch/hostfile, if present; see launch/hostfile.example);
 # inside a Slurm allocation the hostfile is built from it. SIGTERM or SIGINT reaches every rank. The same
-# launcher as launch/pretrain.sh (pipeline/launcher.py): see there for what is forwarded to other nodes.
+# launcher as launch/pretrain.sh (pipeline/launch/launcher.py): see there for what is forwarded to other nodes.
 # BERTPIPE_PYTHON names the Python to use (default: the project's .venv, else python3 on PATH). The file's
 # end is Python too: `deepspeed launch/finetune.sh ...` without --no_python runs the file with Python.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/python.sh" && hand_over "$@"
 ":"""
 import pathlib, sys; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from pipeline.launcher import run_script; run_script(__file__)
+from pipeline.launch.launcher import run_script; run_script(__file__)
 

@@ -38,12 +38,12 @@
 # PYTHON*, NCCL_* and a few more. Credentials are not forwarded: give each node its own.
 #
 # Started by the launcher itself (`deepspeed --no_python launch/pretrain.sh ...`, which sets RANK and
-# LOCAL_RANK for each rank), the script hands over to the trainer. The launch logic is pipeline/launcher.py.
+# LOCAL_RANK for each rank), the script hands over to the trainer. The launch logic is pipeline/launch/launcher.py.
 # BERTPIPE_PYTHON names the Python to use (default: the project's .venv, else python3 on PATH). The file's
 # end is Python too: `deepspeed launch/pretrain.sh ...` without --no_python runs the file with Python.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/python.sh" && hand_over "$@"
 ":"""
 import pathlib, sys; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from pipeline.launcher import run_script; run_script(__file__)
+from pipeline.launch.launcher import run_script; run_script(__file__)
 

@@ -264,7 +264,7 @@ class BertModel(PreTrainedMixin, nn.Module):
         sequence_ids: torch.Tensor | None = None,
         cls_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Packed rows (pipeline/packing.py) come with `position_ids`, `sequence_ids` (which replace the
+        """Packed rows (pipeline/data/packing.py) come with `position_ids`, `sequence_ids` (which replace the
         padding mask) and `cls_positions`, and pool (batch, instances, hidden) instead of (batch, hidden)."""
         check_inputs(input_ids, token_type_ids, self.config)
         if sequence_ids is not None:

@@ -86,7 +86,7 @@ class BertForPreTraining(PreTrainedMixin, nn.Module):
         """`masked_lm_positions` (batch, slots) restricts the vocabulary projection to those
         positions, with `masked_lm_labels` (batch, slots) and IGNORE_INDEX in unused slots.
         Without positions, logits cover every token and labels are (batch, seq) as in Hugging Face.
-        Packed rows (pipeline/packing.py) add `position_ids`, `sequence_ids` and the [CLS] positions
+        Packed rows (pipeline/data/packing.py) add `position_ids`, `sequence_ids` and the [CLS] positions
         `next_sentence_positions` (batch, instances); NSP logits and labels are then per instance slot.
         """
         sequence_output, pooled_output = self.bert(

@@ -108,8 +108,8 @@ def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _pretrain(args: argparse.Namespace, _: list[str]) -> int:
-    from pipeline.pretrain import PretrainRequest, pretrain
-    from pipeline.train_config import parse_overrides
+    from pipeline.training.pretrain import PretrainRequest, pretrain
+    from pipeline.training.train_config import parse_overrides
 
     overrides = parse_overrides(args.set)
     if args.skip_bad_shards:
@@ -128,8 +128,8 @@ def _pretrain(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _register(args: argparse.Namespace, _: list[str]) -> int:
-    from pipeline.registry import register_checkpoint, register_export
-    from pipeline.tracking import tracking_uri
+    from pipeline.handoff.registry import register_checkpoint, register_export
+    from pipeline.handoff.tracking import tracking_uri
 
     source = Path(args.checkpoint or args.model)
     if args.checkpoint:
@@ -198,7 +198,7 @@ def _finetune(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _export(args: argparse.Namespace, _: list[str]) -> int:
-    from pipeline.export import export_checkpoint
+    from pipeline.handoff.export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out, args.tag, args.tokenizer, args.overwrite)
     info = json.loads((out / "export_info.json").read_text())
@@ -211,7 +211,7 @@ class UsageError(BertpipeError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.train_config import keys_help
+    from pipeline.training.train_config import keys_help
 
     parser = argparse.ArgumentParser(prog="bertpipe", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

@@ -27,9 +27,9 @@ def main(dataset: str, output: str, stage: int) -> None:
     from safetensors.torch import save_file
 
     from model import BertConfig, BertForPreTraining
-    from pipeline import checkpointing, deepspeed_config
-    from pipeline.dataset_check import load_manifest
-    from pipeline.loader import SplitSpec, evaluation_batches
+    from pipeline.data.dataset_check import load_manifest
+    from pipeline.data.loader import SplitSpec, evaluation_batches
+    from pipeline.training import checkpointing, deepspeed_config
 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     manifest = load_manifest(dataset)

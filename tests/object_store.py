@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.distributed import free_port
+from pipeline.training.distributed import free_port
 from tests.mlflow_servers import answers, wait_for
 
 CREDENTIALS = {

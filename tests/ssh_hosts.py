@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.distributed import free_port
+from pipeline.training.distributed import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 NEEDED = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.distributed import free_port
+from pipeline.training.distributed import free_port
 from preprocessing import preprocess
 from preprocessing.beam_job import JobParams
 from tests.conftest import PYDOCS_CORPUS

@@ -14,8 +14,8 @@ from helpers import CLS, MASK, PAD, SEP
 from helpers import pair_sample as sample
 
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
-from pipeline.collate import collate, padded_length, remask
-from pipeline.dataset_check import DatasetMismatch, check_against_model, load_manifest
+from pipeline.data.collate import collate, padded_length, remask
+from pipeline.data.dataset_check import DatasetMismatch, check_against_model, load_manifest
 from preprocessing.manifest import Manifest
 from preprocessing.masking import MaskingRule, unmask
 
@@ -139,7 +139,10 @@ def test_a_manifest_reads_back_to_the_dict_it_was_read_from():
 
 def test_reading_a_dataset_does_not_import_beam():
     """A training image reads datasets without the preprocessing engine."""
-    code = "import sys, pipeline.loader, pipeline.pretrain; assert 'apache_beam' not in sys.modules, 'Beam imported'"
+    code = (
+        "import sys, pipeline.data.loader, pipeline.training.pretrain; "
+        "assert 'apache_beam' not in sys.modules, 'Beam imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 

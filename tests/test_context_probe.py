@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model import BertConfig, BertForPreTraining
-from pipeline.context_probe import copy_offset_batch
+from pipeline.training.context_probe import copy_offset_batch
 
 MASK = 4
 FIRST = 5

@@ -8,7 +8,7 @@ from itertools import islice
 import numpy as np
 import pytest
 
-from pipeline.data_plan import (
+from pipeline.data.data_plan import (
     Piece,
     PlanError,
     Window,

@@ -307,7 +307,7 @@ def test_a_running_step_shows_its_announcements_progress_and_evaluations_each_on
         "pretrain.sh: starting 2 ranks on this machine: python -m deepspeed.launcher.runner --num_gpus 2\n"
         "building DeepSpeed's CPU communication op (once per machine)\n"
         "2026-01-01 10:00:00,000 INFO pipeline.phase: building the model (1,000 parameters)\n"
-        "2026-01-01 10:00:00,500 INFO pipeline.tracking: MLflow run abc at sqlite:///x\n"
+        "2026-01-01 10:00:00,500 INFO pipeline.handoff.tracking: MLflow run abc at sqlite:///x\n"
         "[2026-01-01 10:00:01] [WARNING] [runner.py:214:fetch_hostfile] Unable to find hostfile\n"
         "2026-01-01 10:00:02,000 INFO pipeline.phase: training from step 0"  # not finished: not shown yet
     )

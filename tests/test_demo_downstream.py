@@ -491,7 +491,7 @@ def test_the_loss_axis_shows_the_trend_and_lets_the_initial_fall_run_off():
 def test_the_report_links_the_mlflow_pages_of_the_runs_and_models(tmp_path):
     from mlflow import MlflowClient
 
-    from pipeline.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, RunTracker
+    from pipeline.handoff.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, RunTracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = RunTracker(uri, artifact_location=str(tmp_path / "artifacts"), system_metrics_interval_s=None)

@@ -17,7 +17,7 @@ from tests.pretrain_runs import ROOT, cpu_env, free_port
 RANK = """
 import json, torch
 import torch.distributed as dist
-from pipeline import distributed
+from pipeline.training import distributed
 
 existed = []
 unlink = distributed.unlink_cpu_allreduce_segment

@@ -10,21 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli, launcher
-from pipeline.shard_reader import ShardError
+from pipeline import cli
+from pipeline.data.shard_reader import ShardError
+from pipeline.launch import launcher
 from preprocessing.errors import BertpipeError, MissingInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 # Exceptions that never reach a command line: tracking's internal stop signal; the demo's own command line
 # reports its failed steps itself.
-INTERNAL = {"pipeline.tracking.TrackingOff"}
+INTERNAL = {"pipeline.handoff.tracking.TrackingOff"}
 # A run that failed while running exits 1; every other error is the input's or the command line's: exit 2.
 RUN_FAILURES = {
-    "pipeline.shard_reader.ShardError",
-    "pipeline.pretrain.NonFiniteLossError",
+    "pipeline.data.shard_reader.ShardError",
+    "pipeline.training.pretrain.NonFiniteLossError",
     "pipeline.finetune.trainer.NonFiniteLossError",
     "pipeline.finetune.trainer.CheckpointWriteError",
-    "pipeline.metrics.MetricsWriteError",
+    "pipeline.training.metrics.MetricsWriteError",
 }
 
 
@@ -104,8 +105,7 @@ def test_the_launcher_reports_a_project_error_with_its_exit_code(tmp_path, capsy
 
 
 def project_modules() -> list[str]:
-    """Every module of model, preprocessing and pipeline (pipeline/finetune is a namespace package, which
-    pkgutil does not walk), less the demo's."""
+    """Every module of model, preprocessing and pipeline, less the demo's."""
     names = []
     for package in ("model", "preprocessing", "pipeline"):
         for path in sorted((ROOT / package).rglob("*.py")):

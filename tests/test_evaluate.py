@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.heads import IGNORE_INDEX
-from pipeline.evaluate import KINDS, PER_KIND, masked_lm_sums, result_from_sums, unigram_log_probs
+from pipeline.training.evaluate import KINDS, PER_KIND, masked_lm_sums, result_from_sums, unigram_log_probs
 
 MASK = 4
 

@@ -122,8 +122,8 @@ class RunsACommand:
 def test_a_crafted_checkpoint_is_refused_and_runs_nothing(live_run, tmp_path, victim):
     import shutil
 
-    from pipeline import checkpointing
-    from pipeline.weights import load_initial_weights, model_config_of
+    from pipeline.training import checkpointing
+    from pipeline.training.weights import load_initial_weights, model_config_of
 
     crafted = tmp_path / "crafted"
     shutil.copytree(live_run / "checkpoints", crafted / "checkpoints")
@@ -150,7 +150,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(live_run, tmp_path, vi
 
 
 def test_the_trainers_own_checkpoint_files_load_as_tensors_only(live_run):
-    from pipeline import checkpointing
+    from pipeline.training import checkpointing
 
     tag_dir = live_run / "checkpoints" / "step00000002"
     assert [p.name for p in tag_dir.glob("trainer_state_rank*.pt")] == ["trainer_state_rank0.pt"]

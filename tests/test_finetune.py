@@ -27,8 +27,8 @@ def registry(tmp_path_factory) -> dict[str, str]:
     """A tiny BERT (random weights, a 3000-token vocabulary trained on the corpus) registered as bert-tiny,
     champion, in a sqlite MLflow store; model caches under the test's directory."""
     from model import BertConfig, BertForPreTraining
-    from pipeline.export import tokenizer_config
-    from pipeline.registry import register_export
+    from pipeline.handoff.export import tokenizer_config
+    from pipeline.handoff.registry import register_export
     from preprocessing.tokenizer import TOKENIZER_CONFIG, tokenizer_files, train_wordpiece
 
     root = tmp_path_factory.mktemp("finetune")
@@ -103,7 +103,7 @@ def batch_of(model_dir: Path, texts: list[str] | list[tuple[str, str]]) -> dict[
 
 def test_classification_from_the_registry_learns_and_registers(registry, tmp_path, monkeypatch):
     from model import BertForSequenceClassification
-    from pipeline.model_source import resolve_model
+    from pipeline.handoff.model_source import resolve_model
 
     output = tmp_path / "classify"
     args = ["--epochs", "8", "--max-seq-length", "64", "--batch-size", "16", "--learning-rate", "5e-4"]

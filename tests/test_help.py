@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli, launcher
-from pipeline.train_config import TrainConfig
+from pipeline import cli
+from pipeline.launch import launcher
+from pipeline.training.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"

@@ -1,4 +1,4 @@
-"""`pipeline.hostfile`: Slurm node lists expanded as `scontrol show hostnames` does, and the hostfile written."""
+"""`pipeline.launch.hostfile`: Slurm node lists expanded as `scontrol show hostnames` does, and the hostfile written."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.hostfile import expand_nodelist, hostfile_text, main
+from pipeline.launch.hostfile import expand_nodelist, hostfile_text, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_main_errors_in_process(tmp_path, capsys, monkeypatch):
 
 def run_module(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.hostfile", *args],
+        [sys.executable, "-m", "pipeline.launch.hostfile", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""pipeline/launcher.py's pieces: options split from the job's arguments, the checks before a start over ssh,
+"""pipeline/launch/launcher.py's pieces: options split from the job's arguments, the checks before a start over ssh,
 what is forwarded to remote ranks, the pattern that stops a run's ranks; and launch/finetune.sh under Slurm
 and --no-ssh, like launch/pretrain.sh."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.launcher import (
+from pipeline.launch.launcher import (
     Job,
     LaunchError,
     LaunchOptions,

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from model.heads import IGNORE_INDEX
-from pipeline import data_plan
-from pipeline.dataset_check import load_manifest
-from pipeline.loader import (
+from pipeline.data import data_plan
+from pipeline.data.dataset_check import load_manifest
+from pipeline.data.loader import (
     POSITION_KEY,
     SKIPPED_KEY,
     LoaderState,
@@ -29,7 +29,7 @@ from pipeline.loader import (
     stream_samples,
     target_counts,
 )
-from pipeline.shard_reader import ShardError, read_shard_members
+from pipeline.data.shard_reader import ShardError, read_shard_members
 from preprocessing.masking import unmask
 from preprocessing.shards import decode_sample
 from preprocessing.tokenizer import load_tokenizer, masking_rule

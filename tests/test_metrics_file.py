@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WRITER = """
 import resource, signal, sys
 from pathlib import Path
-from pipeline.metrics import JsonLines, MetricsWriteError
+from pipeline.training.metrics import JsonLines, MetricsWriteError
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
 path = Path(sys.argv[1])
@@ -40,7 +40,7 @@ def test_a_refused_write_leaves_only_whole_lines_and_a_clear_error(tmp_path):
 
 
 def test_throughput_reports_real_and_padded_rates_the_padding_share_and_the_wait(monkeypatch):
-    from pipeline import metrics
+    from pipeline.training import metrics
 
     clock = iter([100.0, 104.0, 104.0])  # starts at 100 s, reported at 104 s, the next interval starts
     monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.registry import directory_digests
+from pipeline.handoff.registry import directory_digests
 from tests.pretrain_runs import ROOT, cpu_env, free_port, start_launcher, status, training_steps, wait_for_step
 
 pytestmark = pytest.mark.slow
@@ -70,8 +70,8 @@ def test_run_logs_registers_and_another_process_loads_the_champion(pretraining_d
         """
         import json, sys, torch, transformers
         from model import BertForPreTraining
-        from pipeline.model_source import resolve_model
-        from pipeline.registry import directory_digests
+        from pipeline.handoff.model_source import resolve_model
+        from pipeline.handoff.registry import directory_digests
 
         resolved = resolve_model("models:/bert-tiny@champion")
         theirs, info = transformers.BertForPreTraining.from_pretrained(resolved.path, output_loading_info=True)

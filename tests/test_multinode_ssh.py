@@ -11,7 +11,7 @@ import subprocess
 import psutil
 import pytest
 
-from pipeline.distributed import free_port
+from pipeline.training.distributed import free_port
 from tests.pretrain_runs import PRETRAIN_SH, ROOT, cpu_env, training_steps, wait_for_step
 from tests.ssh_hosts import ssh_hosts  # noqa: F401 (fixture)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.dataset_check import load_manifest
-from pipeline.loader import SplitSpec, evaluation_batches
-from pipeline.shard_reader import ShardError, read_shard_members
+from pipeline.data.dataset_check import load_manifest
+from pipeline.data.loader import SplitSpec, evaluation_batches
+from pipeline.data.shard_reader import ShardError, read_shard_members
 from preprocessing import storage
 from preprocessing.tokenizer import load_tokenizer, vocabulary
 from tests.conftest import PYDOCS_CORPUS

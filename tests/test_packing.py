@@ -11,8 +11,8 @@ from helpers import pair_sample as sample
 
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
 from model.encoder import packed_attention
-from pipeline.collate import collate
-from pipeline.packing import collate_packed, first_fit_decreasing, packing_padding_share
+from pipeline.data.collate import collate
+from pipeline.data.packing import collate_packed, first_fit_decreasing, packing_padding_share
 from preprocessing.shards import Sample
 
 

@@ -378,8 +378,8 @@ def test_real_shards_collate_into_model_batches(datasets):
     import torch
 
     from model import BertConfig, BertForPreTraining
-    from pipeline.collate import collate
-    from pipeline.dataset_check import check_against_model, load_manifest
+    from pipeline.data.collate import collate
+    from pipeline.data.dataset_check import check_against_model, load_manifest
     from preprocessing.shards import decode_sample
 
     manifest = load_manifest(datasets[2])

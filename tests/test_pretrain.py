@@ -28,7 +28,7 @@ from pretrain_runs import (
     wait_for_step,
 )
 
-from pipeline.checkpointing import latest_tag, load_tensors_only
+from pipeline.training.checkpointing import latest_tag, load_tensors_only
 
 DEMO_CONFIG = ROOT / "launch" / "configs" / "demo"  # the tiny preset, AdamW 2e-3
 pytestmark = pytest.mark.slow

@@ -11,9 +11,9 @@ import torch
 from pretrain_runs import ROOT, run_launcher, run_single, status, training_steps
 
 from model import BertConfig, BertForPreTraining
-from pipeline.checkpointing import latest_tag
-from pipeline.data_plan import shard_order
-from pipeline.dataset_check import check_init_tokenizer, load_manifest
+from pipeline.data.data_plan import shard_order
+from pipeline.data.dataset_check import check_init_tokenizer, load_manifest
+from pipeline.training.checkpointing import latest_tag
 from preprocessing.tokenizer import build_wordpiece, tokenizer_files
 
 

@@ -1,10 +1,10 @@
-"""pipeline/redaction.py: the password of any scheme://user:password@ in a text becomes ***."""
+"""pipeline/handoff/redaction.py: the password of any scheme://user:password@ in a text becomes ***."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.redaction import redact_credentials
+from pipeline.handoff.redaction import redact_credentials
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.model_source import ModelSourceError, resolve_model
-from pipeline.registry import beats, directory_digests, register_export
+from pipeline.handoff.model_source import ModelSourceError, resolve_model
+from pipeline.handoff.registry import beats, directory_digests, register_export
 from tests.pretrain_runs import ROOT, busy_cpu, cpu_env, run_single
 
 
@@ -36,6 +36,15 @@ def finished_run(pretraining_dataset, tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_the_name_models_registered_earlier_import_still_holds():
+    """A registered model stores its pyfunc file (MLflow's model from code) as it was; those written before
+    pipeline/ had subpackages import HF_ARTIFACT from `pipeline.registry`."""
+    from pipeline import registry
+    from pipeline.handoff.registry import HF_ARTIFACT
+
+    assert registry.HF_ARTIFACT == HF_ARTIFACT
+
+
 def test_register_moves_champion_only_on_a_better_evaluation(finished_run, tmp_path, monkeypatch):
     monkeypatch.setenv("BERTPIPE_CACHE", str(tmp_path / "cache"))
     result = subprocess.run(
@@ -161,8 +170,8 @@ def test_no_password_reaches_a_log_line_a_parameter_or_a_cache_path(
 
     from mlflow import MlflowClient
 
-    from pipeline.export import export_checkpoint
-    from pipeline.tracking import RunTracker
+    from pipeline.handoff.export import export_checkpoint
+    from pipeline.handoff.tracking import RunTracker
     from tests.pretrain_runs import free_port
 
     caplog.set_level(logging.INFO)

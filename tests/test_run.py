@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.run import METRICS_FILE, STATUS_FILE, RunDirectory, RunHarness
+from pipeline.training.run import METRICS_FILE, STATUS_FILE, RunDirectory, RunHarness
 
 
 class RecordingTracker:
@@ -51,7 +51,7 @@ def test_a_status_that_cannot_be_written_is_logged_and_the_run_goes_on(tmp_path,
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     harness = RunHarness(blocker / "run", 0)  # no directory can be made under a file, whoever runs the test
-    with caplog.at_level(logging.ERROR, logger="pipeline.run"):
+    with caplog.at_level(logging.ERROR, logger="pipeline.training.run"):
         harness.set_status("finished", 3, "done")
     assert harness.state == "finished"
     assert [
@@ -98,7 +98,7 @@ def test_mlflow_records_how_the_run_ended(tmp_path, state, mlflow_status):
 def test_unsent_mlflow_records_point_to_the_metrics_file(tmp_path, caplog):
     reporter = RunHarness(tmp_path, 0).open_reporter(None)
     reporter.tracker = RecordingTracker(unsent=3)  # type: ignore[assignment]
-    with caplog.at_level(logging.WARNING, logger="pipeline.run"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.run"):
         reporter.close("finished")
     assert [r.getMessage() for r in caplog.records] == [
         f"3 MLflow records were not sent; {tmp_path / METRICS_FILE} has them"

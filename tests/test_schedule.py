@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.schedule import Schedule
+from pipeline.training.schedule import Schedule
 
 
 def factors(schedule: Schedule, steps: int) -> list[float]:

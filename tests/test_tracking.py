@@ -1,4 +1,4 @@
-"""pipeline/tracking.py and launch/mlflow_server.sh against real MLflow stores: the embedded sqlite one and
+"""pipeline/handoff/tracking.py and launch/mlflow_server.sh against real MLflow stores: the embedded sqlite one and
 `mlflow server` processes on 127.0.0.1, started, killed and restarted here."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.tracking import MAX_PARAM_VALUE, TRUNCATED, RunTracker, flatten_params, tracking_uri
+from pipeline.handoff.tracking import MAX_PARAM_VALUE, TRUNCATED, RunTracker, flatten_params, tracking_uri
 from tests.mlflow_servers import answers, wait_for
 from tests.pretrain_runs import free_port
 
@@ -40,7 +40,7 @@ def http_env() -> Iterator[None]:
 
 
 def messages(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.WARNING) -> list[str]:
-    ours = [r for r in caplog.records if r.name == "pipeline.tracking" and r.levelno == level]
+    ours = [r for r in caplog.records if r.name == "pipeline.handoff.tracking" and r.levelno == level]
     return [r.getMessage() for r in ours if text in r.getMessage()]
 
 
@@ -82,7 +82,7 @@ def test_queue_skips_missing_values_and_drops_the_oldest_when_full(caplog):
 
 @pytest.mark.slow
 def test_embedded_store_logs_and_a_second_tracker_continues_the_run(tmp_path, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.tracking")
+    caplog.set_level(logging.INFO, logger="pipeline.handoff.tracking")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = {"train": {"lr": 1e-4, "train_steps": 8}, "model": {"hidden": 64}, "note": "z" * 7000}
     tracker = RunTracker.for_output(tmp_path, system_metrics_interval_s=0.1, **FAST)
@@ -162,7 +162,7 @@ def test_the_trackers_short_http_timeout_is_its_threads_alone(tmp_path, http_env
 
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
 
-    from pipeline.tracking import HTTP_TIMEOUT_S, THREAD_HTTP
+    from pipeline.handoff.tracking import HTTP_TIMEOUT_S, THREAD_HTTP
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -194,7 +194,7 @@ def test_the_trackers_short_http_timeout_is_its_threads_alone(tmp_path, http_env
 
 
 def test_server_down_at_start(tmp_path, servers, http_env, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.tracking")
+    caplog.set_level(logging.INFO, logger="pipeline.handoff.tracking")
     port = free_port()
     tracker = RunTracker(f"http://127.0.0.1:{port}", system_metrics_interval_s=None, **FAST)
     assert not {"MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"} & set(os.environ)
@@ -221,7 +221,7 @@ def test_server_down_at_start(tmp_path, servers, http_env, caplog):
 
 @pytest.mark.slow
 def test_server_killed_mid_run_and_restarted(tmp_path, servers, http_env, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.tracking")
+    caplog.set_level(logging.INFO, logger="pipeline.handoff.tracking")
     port, store = free_port(), tmp_path / "store"
     server = servers(store, port)
     tracker = RunTracker(server.uri, system_metrics_interval_s=None, **FAST)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import BertConfig, BertForPreTraining
-from pipeline.deepspeed_config import (
+from pipeline.training.deepspeed_config import (
     BatchSizes,
     build_adamw,
     check_known_keys,
@@ -18,7 +18,7 @@ from pipeline.deepspeed_config import (
     prepare,
     resolve_batch_sizes,
 )
-from pipeline.train_config import TrainConfig, TrainConfigError, load_config, parse_overrides
+from pipeline.training.train_config import TrainConfig, TrainConfigError, load_config, parse_overrides
 
 LAUNCH_CONFIGS = Path(__file__).resolve().parent.parent / "launch" / "configs"
 
@@ -105,7 +105,7 @@ def test_impossible_values_are_refused(values, message):
 
 
 def test_local_attention_init_needs_a_local_head_and_an_even_width():
-    from pipeline.pretrain import check_attention_init
+    from pipeline.training.pretrain import check_attention_init
 
     tiny = BertConfig.from_preset("tiny")  # 2 heads
     check_attention_init(TrainConfig.from_dict({"warmup_steps": 1, "global_attention_heads": 1}), tiny)

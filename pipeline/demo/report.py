@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.dataset_check import load_manifest
+from pipeline.data.dataset_check import load_manifest
 from pipeline.demo.downstream import (
     ARMS,
     Comparison,
@@ -33,8 +33,8 @@ from pipeline.demo.layout import (
     DemoLayout,
     fold_of_seed,
 )
-from pipeline.metrics import read_json_lines
-from pipeline.registry import CHAMPION, TAG_PREFIX
+from pipeline.handoff.registry import CHAMPION, TAG_PREFIX
+from pipeline.training.metrics import read_json_lines
 
 TASK = "classify: tutorial or c-api paragraph"
 # The demo's runs go to the default experiments of pretraining (train.json) and fine-tuning.

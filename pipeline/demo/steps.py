@@ -41,8 +41,8 @@ from pipeline.demo.layout import (
     DemoSize,
     fold_of_seed,
 )
-from pipeline.distributed import free_port
-from pipeline.metrics import read_json_lines
+from pipeline.training.distributed import free_port
+from pipeline.training.metrics import read_json_lines
 
 PRETRAIN_RANKS = 2
 BEAM_WORKERS = 2

@@ -16,7 +16,7 @@ from model import BertForQuestionAnswering
 from pipeline.finetune.metrics import squad_scores
 from pipeline.finetune.squad import Feature, Question, SpecialIds, best_answer, build_features, read_squad, trainable
 from pipeline.finetune.task import TEST, VALIDATION, Split, Task, TaskData
-from pipeline.train_config import TrainConfigError
+from pipeline.training.train_config import TrainConfigError
 
 
 class QuestionAnsweringTask(Task):

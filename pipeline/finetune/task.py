@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer
 
 from model.heads import IGNORE_INDEX
-from pipeline.collate import padded_length
+from pipeline.data.collate import padded_length
 from pipeline.finetune.classification_data import Truncation
 
 ModelInputs = dict[str, Any]  # input_ids, token_type_ids (lists) and the task's targets: one row of a batch

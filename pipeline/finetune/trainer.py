@@ -5,7 +5,7 @@ resolve the model -> read and encode the task's files -> engine -> epochs of tra
 evaluation on the validation file -> the best epoch kept (a DeepSpeed checkpoint, its predictions) -> with a
 test file, the best epoch's weights scored once on it -> exported as a Hugging Face directory -> registered
 as `<base>-<task>`, tracked in MLflow throughout. The run directory, its status file, the stop on SIGTERM/SIGINT
-and the reporting are `pipeline.run`'s.
+and the reporting are `pipeline.training.run`'s.
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ import torch.distributed as dist
 
 from model import PRESETS, BertConfig
 from model.checkpoint import atomic_write_bytes, load_weights
-from pipeline import checkpointing, deepspeed_config
-from pipeline.distributed import init_distributed, node_count
-from pipeline.export import export_checkpoint, tokenizer_config
 from pipeline.finetune.classify import ClassificationTask
 from pipeline.finetune.ner import NerTask
 from pipeline.finetune.qa import QuestionAnsweringTask
 from pipeline.finetune.task import TEST, VALIDATION, ModelInputs, Split, Task, TaskData, TaskOptions, collate_features
+from pipeline.handoff.export import export_checkpoint, tokenizer_config
+from pipeline.handoff.model_source import ResolvedModel, resolve_model
+from pipeline.handoff.tracking import EXIT_NOT_REGISTERED, code_version
 from pipeline.logs import announce
-from pipeline.model_source import ResolvedModel, resolve_model
-from pipeline.run import (
+from pipeline.training import checkpointing, deepspeed_config
+from pipeline.training.distributed import init_distributed, node_count
+from pipeline.training.run import (
     CHECKPOINTS,
     FINISHED,
     INTERRUPTED,
@@ -47,10 +48,9 @@ from pipeline.run import (
     RunHarness,
     StopRequest,
 )
-from pipeline.schedule import Schedule
-from pipeline.tracking import EXIT_NOT_REGISTERED, code_version
-from pipeline.train_config import TrainConfigError
-from pipeline.weights import consolidated_state_dict
+from pipeline.training.schedule import Schedule
+from pipeline.training.train_config import TrainConfigError
+from pipeline.training.weights import consolidated_state_dict
 from preprocessing.errors import BertpipeError, MissingInputError, OutputExistsError
 from preprocessing.tokenizer import TOKENIZER_CONFIG, load_tokenizer, tokenizer_files
 
@@ -78,7 +78,7 @@ class CheckpointWriteError(BertpipeError, RuntimeError):
 @dataclass(frozen=True)
 class FinetuneRequest:
     task: str
-    model: str  # whatever pipeline.model_source resolves
+    model: str  # whatever pipeline.handoff.model_source resolves
     train: str
     validation: str
     output: str
@@ -129,8 +129,8 @@ def default_registered_name(model: ResolvedModel, task: str) -> str:
     if model.registry_version:
         return f"{model.registry_version.split('/')[0]}-{task}"
     if model.kind == "deepspeed":
-        from pipeline.registry import default_model_name
-        from pipeline.weights import model_states
+        from pipeline.handoff.registry import default_model_name
+        from pipeline.training.weights import model_states
 
         train_config = model_states(model.path).get("train_config", {})
         preset = train_config.get("model")
@@ -480,7 +480,7 @@ class FineTuner:
         }
 
     def _params(self) -> dict[str, Any]:
-        from pipeline.registry import file_sha256
+        from pipeline.handoff.registry import file_sha256
 
         request = self.request
         return {
@@ -521,7 +521,7 @@ class FineTuner:
                 model_dir,
             )
             return None
-        from pipeline.registry import ChampionRule, register_export
+        from pipeline.handoff.registry import ChampionRule, register_export
 
         name = self.request.registered_name or default_registered_name(self.source, self.task.name)
         tags = {

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.schedule import DECAYS
+from pipeline.training.schedule import DECAYS
 from preprocessing.errors import BertpipeError
 
 TRAIN_JSON = "train.json"
@@ -56,7 +56,7 @@ class TrainConfig:
     # with attention_init "local": heads per layer left at BERT's near-uniform start, through which [CLS] sees
     # the whole pair (and next-sentence prediction its evidence) from the first step
     global_attention_heads: int = 0
-    # several instances per row of max_seq_length, with no attention between them (pipeline/packing.py): the
+    # several instances per row of max_seq_length, with no attention between them (pipeline/data/packing.py): the
     # same losses and gradients as one padded row per instance, with less compute spent on padding
     packing: bool = True
     # with --init-from a run's checkpoint: also take its optimizer state (moments, step counts), as NVIDIA's phase 2

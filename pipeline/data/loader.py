@@ -1,6 +1,6 @@
 """The training and evaluation loaders: shards -> collated batches, resumable to the sample.
 
-Each DataLoader worker of each rank is one stream of `pipeline.data_plan`; a worker reads its plan's
+Each DataLoader worker of each rank is one stream of `pipeline.data.data_plan`; a worker reads its plan's
 windows through webdataset, decodes, optionally re-masks, and collates batches that carry the stream's
 plan index. The main process keeps the plan index of the last batch it *consumed* from each stream
 (prefetched batches do not count), which is the data position a checkpoint stores.
@@ -24,10 +24,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.heads import IGNORE_INDEX
-from pipeline import data_plan
-from pipeline.collate import collate, remask
-from pipeline.packing import collate_packed
-from pipeline.shard_reader import ShardError, read_shard_members
+from pipeline.data import data_plan
+from pipeline.data.collate import collate, remask
+from pipeline.data.packing import collate_packed
+from pipeline.data.shard_reader import ShardError, read_shard_members
 from preprocessing.manifest import Manifest
 from preprocessing.masking import MaskingRule
 from preprocessing.randomness import numpy_rng
@@ -86,7 +86,7 @@ class StreamOptions:
     verify_checksums: bool = True
     skip_bad_shards: bool = False
     remasking: MaskingRule | None = None  # dynamic masking: re-mask every sample each epoch
-    packing: bool = False  # several instances per row (pipeline/packing.py) instead of one padded row each
+    packing: bool = False  # several instances per row (pipeline/data/packing.py) instead of one padded row each
 
 
 @dataclass

@@ -17,8 +17,8 @@ from typing import Any
 
 from model import BertConfig, BertForPreTraining
 from model.checkpoint import CheckpointError
-from pipeline import checkpointing
-from pipeline.weights import CHECKPOINTS, checkpoint_tag_dir, consolidated_state_dict, model_states
+from pipeline.training import checkpointing
+from pipeline.training.weights import CHECKPOINTS, checkpoint_tag_dir, consolidated_state_dict, model_states
 from preprocessing.errors import BertpipeError, MissingInputError, OutputExistsError
 from preprocessing.tokenizer import TOKENIZER_CONFIG, load_tokenizer, tokenizer_files
 

@@ -1,4 +1,4 @@
-"""The MLflow pyfunc model that `pipeline.registry` logs (as MLflow "model from code": this file is stored
+"""The MLflow pyfunc model that `pipeline.handoff.registry` logs (as MLflow "model from code": this file is stored
 with the model and run by `mlflow.pyfunc.load_model`, nothing is pickled). What `predict` does follows the
 architecture in the model's config.json:
 
@@ -19,7 +19,7 @@ from typing import Any
 import mlflow.models
 import mlflow.pyfunc
 
-from pipeline.registry import HF_ARTIFACT
+from pipeline.handoff.registry import HF_ARTIFACT
 
 
 def _rows(model_input: Any) -> list[dict[str, Any]]:

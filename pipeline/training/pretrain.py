@@ -2,7 +2,7 @@
 
 build the run (config, dataset check, model, engine, loader) -> restore a checkpoint if asked ->
 train micro-batch by micro-batch -> at step boundaries: metrics, evaluation, stop requests, checkpoints.
-The run directory, its status file, the stop on SIGTERM/SIGINT and the reporting are `pipeline.run`'s.
+The run directory, its status file, the stop on SIGTERM/SIGINT and the reporting are `pipeline.training.run`'s.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ import torch.distributed as dist
 from model import PRESETS, BertConfig, BertForPreTraining
 from model.flops import peak_bf16_flops, pretraining_step_flops
 from model.local_attention_init import init_local_attention
-from pipeline import checkpointing, deepspeed_config
-from pipeline.dataset_check import check_against_model, check_init_tokenizer, load_manifest
-from pipeline.distributed import init_distributed, node_count
-from pipeline.evaluate import evaluate, unigram_log_probs
-from pipeline.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_batches, resume_state, target_counts
+from pipeline.data.dataset_check import check_against_model, check_init_tokenizer, load_manifest
+from pipeline.data.loader import SplitSpec, StreamOptions, TrainBatches, evaluation_batches, resume_state, target_counts
+from pipeline.handoff.model_source import resolve_model
+from pipeline.handoff.tracking import EXIT_NOT_REGISTERED, code_version
 from pipeline.logs import announce
-from pipeline.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
-from pipeline.model_source import resolve_model
-from pipeline.run import (
+from pipeline.training import checkpointing, deepspeed_config
+from pipeline.training.distributed import init_distributed, node_count
+from pipeline.training.evaluate import evaluate, unigram_log_probs
+from pipeline.training.metrics import JsonLines, Throughput, batch_fingerprint, postfix, progress_bar
+from pipeline.training.run import (
     FAILED,
     FINISHED,
     INTERRUPTED,
@@ -39,10 +40,9 @@ from pipeline.run import (
     StopRequest,
     failure_message,
 )
-from pipeline.schedule import Schedule
-from pipeline.tracking import EXIT_NOT_REGISTERED, code_version
-from pipeline.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
-from pipeline.weights import checkpoint_tag_dir, load_initial_weights, model_config_of
+from pipeline.training.schedule import Schedule
+from pipeline.training.train_config import LoadedConfig, TrainConfig, TrainConfigError, load_config
+from pipeline.training.weights import checkpoint_tag_dir, load_initial_weights, model_config_of
 from preprocessing.errors import BertpipeError
 from preprocessing.manifest import Manifest
 from preprocessing.storage import absolute
@@ -548,7 +548,7 @@ class Trainer:
             log.warning("MLflow is unavailable, so step %d was not registered; %s", step, later)
             self.unregistered.append(step)
             return f"not registered (MLflow unavailable); {later}"
-        from pipeline.registry import CheckpointFacts, default_model_name, register_run_checkpoint
+        from pipeline.handoff.registry import CheckpointFacts, default_model_name, register_run_checkpoint
 
         announce(f"step {step}: exporting and registering the checkpoint")
         facts = CheckpointFacts(  # what this run holds: nothing is read back from its files

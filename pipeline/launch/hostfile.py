@@ -4,8 +4,8 @@ Kept free of third-party imports so the launcher can call it before anything hea
 rather than shell so the node-list expansion (`scontrol show hostnames`) is tested here instead of needing a
 Slurm installation on every node.
 
-    python -m pipeline.hostfile --slurm-nodelist 'gpu[01-04]' --slots 8 --out hostfile   # prints the master host
-    python -m pipeline.hostfile --print-hosts                                           # one host a line
+    python -m pipeline.launch.hostfile --slurm-nodelist 'gpu[01-04]' --slots 8 --out hostfile   # prints the master host
+    python -m pipeline.launch.hostfile --print-hosts                                           # one host a line
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def write_atomically(path: str, text: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.hostfile",
+        prog="python -m pipeline.launch.hostfile",
         description="Write a DeepSpeed hostfile from a Slurm node list and print the master host.",
     )
     parser.add_argument(

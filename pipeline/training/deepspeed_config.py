@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.train_config import TrainConfigError
+from pipeline.training.train_config import TrainConfigError
 
 ADAM_TYPES = {"adam", "adamw"}  # both mean decoupled weight decay here (DeepSpeed's adam_w_mode default)
 LAMB_TYPES = {"lamb", "onebitlamb"}

@@ -109,7 +109,7 @@ def init_tokenizer(source: Path) -> tuple[TokenizerInfo, str] | None:
 
     if (source / VOCAB_TXT).is_file() or (source / "tokenizer.json").is_file():
         return tokenizer_info(load_tokenizer(source)), str(source)
-    from pipeline.weights import checkpoint_tag_dir, model_states
+    from pipeline.training.weights import checkpoint_tag_dir, model_states
 
     tag_dir = checkpoint_tag_dir(source)
     dataset = model_states(tag_dir).get("dataset") if tag_dir is not None else None

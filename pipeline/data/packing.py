@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from model.heads import IGNORE_INDEX
-from pipeline.collate import PAD_MULTIPLE, padded_length
+from pipeline.data.collate import PAD_MULTIPLE, padded_length
 from preprocessing.shards import Sample
 
 DEFAULT_MAX_PER_ROW = 8  # bounds the NSP and prediction slots per row; short instances are rare past that

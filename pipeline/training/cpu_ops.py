@@ -1,7 +1,7 @@
 """Build DeepSpeed's CPU shared-memory communication op ahead of a multi-rank CPU run.
 
 DeepSpeed compiles it when the first rank initialises its communication; several ranks compiling
-into the same cache at once can fail, so the launcher builds it once first (`python -m pipeline.cpu_ops`).
+into the same cache at once can fail, so the launcher builds it once first (`python -m pipeline.training.cpu_ops`).
 A later build finds it in the torch extensions cache and returns at once.
 """
 

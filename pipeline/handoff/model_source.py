@@ -22,9 +22,9 @@ from typing import Literal
 from urllib.parse import quote
 
 from model.config import BertConfig
-from pipeline.redaction import redact_credentials
-from pipeline.registry import DIGESTS_FILE, HF_ARTIFACT, directory_digests
-from pipeline.weights import checkpoint_tag_dir, model_config_of
+from pipeline.handoff.redaction import redact_credentials
+from pipeline.handoff.registry import DIGESTS_FILE, HF_ARTIFACT, directory_digests
+from pipeline.training.weights import checkpoint_tag_dir, model_config_of
 from preprocessing.errors import BertpipeError, MissingInputError
 
 REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")

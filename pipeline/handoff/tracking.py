@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from pipeline.redaction import redact_credentials
+from pipeline.handoff.redaction import redact_credentials
 
 log = logging.getLogger(__name__)
 
@@ -624,7 +624,7 @@ def code_version() -> dict[str, str]:
     version: dict[str, str] = {}
     with contextlib.suppress(metadata.PackageNotFoundError):
         version["bertpipe"] = metadata.version("bertpipe")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5

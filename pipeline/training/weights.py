@@ -11,8 +11,8 @@ import torch
 
 from model.checkpoint import CheckpointError, load_weights
 from model.config import BertConfig
-from pipeline import checkpointing
 from pipeline.logs import prints_to_debug
+from pipeline.training import checkpointing
 from preprocessing.errors import MissingInputError
 
 log = logging.getLogger(__name__)

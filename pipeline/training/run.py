@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import atomic_write_bytes
-from pipeline import checkpointing
+from pipeline.handoff.tracking import RunTracker, Status, open_run
 from pipeline.logs import announce
-from pipeline.metrics import JsonLines
-from pipeline.tracking import RunTracker, Status, open_run
+from pipeline.training import checkpointing
+from pipeline.training.metrics import JsonLines
 
 log = logging.getLogger(__name__)
 

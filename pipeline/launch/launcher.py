@@ -1,6 +1,6 @@
 """Starting a training job on this machine or many: what `launch/pretrain.sh` and `launch/finetune.sh` share.
 
-The scripts find Python and hand their arguments here (`python -m pipeline.launcher pretrain|finetune ARGS`).
+The scripts find Python and hand their arguments here (`python -m pipeline.launch.launcher pretrain|finetune ARGS`).
 This module splits the launcher's options from the job's, finds the hostfile (HOSTFILE, else one built from a
 Slurm allocation, else `launch/hostfile`), checks that a start over ssh has what it needs on this node (pdsh
 and ssh), writes the environment the remote ranks need into a DeepSpeed environment file (its launcher forwards
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import hostfile as hostfiles
+from pipeline.launch import hostfile as hostfiles
 from preprocessing.errors import BertpipeError, report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = ROOT / "launch"
 DEFAULT_MASTER_PORT = 29500
 PHASE_CONFIGS = {"1": "phase1", "2": "phase2", "tiny": "tiny"}
@@ -342,7 +342,7 @@ def stop_line(job: Job) -> tuple[str, int]:
 def failure_line(job: Job, code: int) -> str:
     """What the launcher says when the ranks exit non-zero: what the run's status records (state, step, error,
     the checkpoint to resume from), so the exit code comes with its reason."""
-    from pipeline.tracking import EXIT_NOT_REGISTERED
+    from pipeline.handoff.tracking import EXIT_NOT_REGISTERED
 
     status = run_status(job.status_file)
     state = status.get("state")
@@ -449,7 +449,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = dict(os.environ if env is None else env)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in JOBS:
-        print(f"usage: python -m pipeline.launcher {{{','.join(JOBS)}}} ARGS", file=sys.stderr)
+        print(f"usage: python -m pipeline.launch.launcher {{{','.join(JOBS)}}} ARGS", file=sys.stderr)
         return 2
     kind, script = argv[0], LAUNCH / f"{argv[0]}.sh"
     if {"-h", "--help"} & set(argv[1:]):
@@ -490,7 +490,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         env["DS_ENV_FILE"] = str(write_environment_file(job.output, env))
     if env.get("DS_ACCELERATOR") == "cpu":
         # DeepSpeed compiles a shared-memory op at its first CPU run: build it once here, not in every rank.
-        built = subprocess.run([python, "-m", "pipeline.cpu_ops"], env=env)
+        built = subprocess.run([python, "-m", "pipeline.training.cpu_ops"], env=env)
         if built.returncode:
             return 1
     print(f"{script.name}: starting {ranks_text(hosts, options)}: {shlex.join(command)}", file=sys.stderr, flush=True)
