@@ -62,7 +62,7 @@ def test_cpu_ranks_leave_no_shared_memory_segments_behind(world):
 
 def test_a_lock_left_by_a_killed_build_of_the_cpu_op_is_removed_and_a_recent_one_kept(tmp_path):
     """torch waits for ever on the lock file of an extension build; a build killed half-way leaves one behind."""
-    from pipeline.cpu_ops import STALE_LOCK_S, remove_stale_lock
+    from pipeline.training.cpu_ops import STALE_LOCK_S, remove_stale_lock
 
     lock = tmp_path / "lock"
     lock.touch()
