@@ -31,7 +31,8 @@ total = torch.tensor([float(rank + 1)])
 dist.all_reduce(total)
 dist.barrier()
 print(json.dumps({"rank": rank, "world": world, "existed": existed, "sum": total.item(),
-                  "left": distributed.cpu_allreduce_segment(rank).exists()}))
+                  "left": distributed.cpu_allreduce_segment(rank).exists()}), flush=True)
+dist.destroy_process_group()  # as the trainers end: a rank that exits with gloo's threads running can abort
 """
 
 
