@@ -12,7 +12,7 @@ from helpers import pair_sample as sample
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
 from model.encoder import packed_attention
 from pipeline.data.collate import collate
-from pipeline.data.packing import collate_packed, first_fit_decreasing, packing_padding_share
+from pipeline.data.packing import collate_packed, first_fit_decreasing
 from preprocessing.shards import Sample
 
 
@@ -37,11 +37,6 @@ def test_first_fit_decreasing_puts_the_longest_first_and_fills_the_first_row_wit
     assert first_fit_decreasing([10, 10], capacity=10, max_per_row=2) == [[0], [1]]
     with pytest.raises(ValueError, match="an instance of 11 tokens does not fit a row of 10"):
         first_fit_decreasing([11], capacity=10, max_per_row=2)
-
-
-def test_packing_padding_share_of_one_batch():
-    # padded: 4 rows of 16 (longest 12 -> 16): 1 - 24/64; packed: [12] and [6, 4, 2] in 2 rows of 16
-    assert packing_padding_share([12, 6, 4, 2], capacity=16, max_per_row=4) == (1 - 24 / 64, 1 - 24 / 32)
 
 
 def test_collate_packed_exact_layout():

@@ -50,17 +50,6 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int, max_per_row: int
     return rows
 
 
-def packing_padding_share(lengths: Sequence[int], capacity: int, max_per_row: int) -> tuple[float, float]:
-    """(padding share padded to the longest, padding share packed into rows of `capacity`) of one batch,
-    each row rounded up to PAD_MULTIPLE as the collators do."""
-    real = sum(lengths)
-    padded = len(lengths) * padded_length(max(lengths), limit=capacity)
-    rows = first_fit_decreasing(lengths, capacity, max_per_row)
-    longest_row = max(sum(lengths[i] for i in row) for row in rows)
-    packed = len(rows) * padded_length(longest_row, limit=capacity)
-    return 1.0 - real / padded, 1.0 - real / packed
-
-
 def collate_packed(
     samples: Sequence[Sample],
     pad_id: int,
