@@ -362,6 +362,12 @@ def test_init_optimizer_state_carries_the_moments_into_the_next_phase(reference_
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
     assert steps[0]["lr"] == pytest.approx(1e-3 / 4)  # this phase's schedule: warmup step 1 of 4
     assert adam_step_count(phase2) == 4 + 5  # the moments' bias correction went on from phase 1's
+    # a model directory (phase 1's registered export) has weights and no optimizer state: refused before any work
+    exported = phase1 / "exports" / "step00000004"
+    assert (exported / "config.json").is_file()
+    result = run_single(pretraining_dataset, tmp_path / "from-weights", "--init-from", str(exported), *carry)
+    assert result.returncode != 0 and "a model directory holds weights only" in result.stderr
+    assert not (tmp_path / "from-weights" / "checkpoints").exists()
     # the reference run's optimizer is split over 2 ranks; one rank cannot take it, and says so
     result = run_single(pretraining_dataset, tmp_path / "one-rank", "--init-from", str(reference_run), *carry)
     assert result.returncode != 0
