@@ -29,6 +29,7 @@ SCRIPTS = [
     ("finetune.sh", ["classify", "--output", "{out}", "--help"], ["--launcher", "--text-column", "--train"]),
     ("preprocess.sh", ["--output", "{out}", "--help"], ["--phase", "--output", "--dupe-factor", "--shard-mb"]),
     ("mlflow_server.sh", ["--dir", "{out}", "--help"], ["--port", "--host", "--dir", "--background", "--wait"]),
+    ("slurm/pretrain.sbatch", ["--help"], ["--nodes", "--gpus-per-node", "--cpus-per-task", "--time", "--signal"]),
 ]
 
 
@@ -48,6 +49,14 @@ def test_each_launch_script_answers_help_with_its_usage_and_starts_nothing(name,
         assert option in result.stdout, f"{name} --help does not mention {option}"
     assert "--help" in result.stdout
     assert not out.exists()  # no run directory, no server store, no hostfile or launch.env
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_slurm_batch_script_run_outside_a_job_says_to_submit_it(tmp_path):
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}
+    command = [str(LAUNCH / "slurm" / "pretrain.sbatch"), "--phase", "1", "--output", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2 and "pretrain.sbatch: submit it with sbatch" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
