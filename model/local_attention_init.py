@@ -50,16 +50,18 @@ def init_local_attention(
     bert: BertModel, position_scale: float = POSITION_SCALE, self_score: float = SELF_SCORE, global_heads: int = 0
 ) -> None:
     """Re-initialise `bert`'s position embeddings and query/key projections as the module docstring says. The
-    last `global_heads` heads of each layer keep BERT's initialisation (near-uniform rows: every position,
-    [CLS] included, sees the whole pair from the first step)."""
+    last `global_heads` heads of the last layer keep BERT's initialisation: near-uniform rows, through which
+    [CLS] (read by next-sentence prediction and by classifiers) sees the whole sequence from the first step."""
     config = bert.config
-    if not 0 <= global_heads < config.num_attention_heads:
-        raise ValueError(f"global_heads must be in 0..{config.num_attention_heads - 1}, got {global_heads}")
+    if not 0 <= global_heads <= config.num_attention_heads:
+        raise ValueError(f"global_heads must be in 0..{config.num_attention_heads}, got {global_heads}")
     table = bert.embeddings.position_embeddings.weight
     table.copy_(sinusoidal_positions(*table.shape) * position_scale * config.initializer_range)
     std = mimetic_std(config.hidden_size, config.head_size, self_score)
-    local_rows = (config.num_attention_heads - global_heads) * config.head_size  # heads are row blocks of W_q, W_k
-    for layer in bert.encoder.layer:
+    last = len(bert.encoder.layer) - 1
+    for index, layer in enumerate(bert.encoder.layer):
+        local_heads = config.num_attention_heads - (global_heads if index == last else 0)
+        local_rows = local_heads * config.head_size  # heads are row blocks of W_q and W_k
         attention = layer.attention.self
         attention.query.weight[:local_rows].normal_(0.0, std)
         attention.key.weight[:local_rows].copy_(attention.query.weight[:local_rows])

@@ -76,23 +76,26 @@ def test_attention_starts_local_and_the_architecture_is_unchanged():
     assert neighbour_attention(local, input_ids) > 5 * uniform  # 0.060 measured: 7.7x
 
 
-def test_global_heads_keep_berts_start_and_the_others_start_local():
+def test_the_last_layers_global_heads_keep_berts_start_and_every_other_head_starts_local():
     torch.manual_seed(0)
-    config = BertConfig.from_preset("tiny", vocab_size=1000)  # 2 heads of 64
+    config = BertConfig.from_preset("tiny", vocab_size=1000)  # 2 layers of 2 heads of 64
     model = BertForPreTraining(config)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     init_local_attention(model.bert, global_heads=1)
     for index, layer in enumerate(model.bert.encoder.layer):
         query, key = layer.attention.self.query.weight, layer.attention.self.key.weight
-        assert torch.equal(query[:64], key[:64])  # the local head: W_k = W_q
         prefix = f"bert.encoder.layer.{index}.attention.self"
-        assert torch.equal(query[64:], before[f"{prefix}.query.weight"][64:])  # the global head: untouched
-        assert torch.equal(key[64:], before[f"{prefix}.key.weight"][64:])
+        assert torch.equal(query[:64], key[:64])  # the first head: local in every layer
+        if index == 0:
+            assert torch.equal(query[64:], key[64:])  # below the last layer every head is local
+        else:
+            assert torch.equal(query[64:], before[f"{prefix}.query.weight"][64:])  # the global head: untouched
+            assert torch.equal(key[64:], before[f"{prefix}.key.weight"][64:])
 
     input_ids = torch.randint(5, 1000, (8, 128), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        hidden = model.bert.embeddings(input_ids)
-        attention = model.bert.encoder.layer[0].attention.self
+        hidden = model.bert.embeddings(input_ids)  # the last layer's rows, on the embeddings' states
+        attention = model.bert.encoder.layer[-1].attention.self
         split = lambda x: x.view(8, 128, 2, 64).transpose(1, 2)  # noqa: E731
         scores = split(attention.query(hidden)) @ split(attention.key(hidden)).transpose(-1, -2)
         rows = (scores / 8.0).softmax(-1)
@@ -100,6 +103,17 @@ def test_global_heads_keep_berts_start_and_the_others_start_local():
     assert neighbour[0] > 5 / 128 and neighbour[1] == pytest.approx(1 / 128, rel=0.1)
     first_row = rows[:, :, 0, :]  # what [CLS] (position 0) attends to
     assert first_row[:, 1, 64:].sum(-1).mean() > 0.45  # the global head: half its weight on the second half
-    assert first_row[:, 0, 64:].sum(-1).mean() < 0.1  # the local head: little (0.061 measured)
-    with pytest.raises(ValueError, match=r"global_heads must be in 0\.\.1"):
-        init_local_attention(model.bert, global_heads=2)
+
+
+def test_every_head_of_the_last_layer_may_start_global_and_no_more():
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=1000))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    init_local_attention(model.bert, global_heads=2)
+    first, last = model.bert.encoder.layer
+    assert torch.equal(first.attention.self.query.weight, first.attention.self.key.weight)
+    for name in ("query", "key"):
+        key = f"bert.encoder.layer.1.attention.self.{name}.weight"
+        assert torch.equal(getattr(last.attention.self, name).weight, before[key])
+    with pytest.raises(ValueError, match=r"global_heads must be in 0\.\.2"):
+        init_local_attention(model.bert, global_heads=3)

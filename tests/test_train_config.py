@@ -104,15 +104,18 @@ def test_impossible_values_are_refused(values, message):
         TrainConfig.from_dict({"warmup_steps": 5, **values})
 
 
-def test_local_attention_init_needs_a_local_head_and_an_even_width():
-    from pipeline.training.pretrain import check_attention_init
+def test_local_attention_init_leaves_at_most_the_last_layers_heads_global_and_needs_an_even_width():
+    from pipeline.training.pretrain import check_attention_init, global_heads
 
     tiny = BertConfig.from_preset("tiny")  # 2 heads
+    assert global_heads(TrainConfig.from_dict({"warmup_steps": 1}), tiny) == 2  # the default, -1: all of them
+    assert global_heads(TrainConfig.from_dict({"warmup_steps": 1, "global_attention_heads": 1}), tiny) == 1
     check_attention_init(TrainConfig.from_dict({"warmup_steps": 1, "global_attention_heads": 1}), tiny)
-    all_global = TrainConfig.from_dict({"warmup_steps": 1, "global_attention_heads": 2})
-    with pytest.raises(TrainConfigError, match=r"global_attention_heads must be in 0\.\.1 \(the model has 2 heads\)"):
-        check_attention_init(all_global, tiny)
-    check_attention_init(TrainConfig.from_dict({**all_global.to_dict(), "attention_init": "bert"}), tiny)
+    check_attention_init(TrainConfig.from_dict({"warmup_steps": 1, "global_attention_heads": 2}), tiny)
+    too_many = TrainConfig.from_dict({"warmup_steps": 1, "global_attention_heads": 3})
+    with pytest.raises(TrainConfigError, match=r"global_attention_heads must be in 0\.\.2 \(the model's layers have 2"):
+        check_attention_init(too_many, tiny)
+    check_attention_init(TrainConfig.from_dict({**too_many.to_dict(), "attention_init": "bert"}), tiny)
     odd = BertConfig.from_preset("tiny", hidden_size=129, num_attention_heads=1)
     with pytest.raises(TrainConfigError, match="attention_init 'local' needs an even hidden_size, not 129"):
         check_attention_init(TrainConfig.from_dict({"warmup_steps": 1}), odd)

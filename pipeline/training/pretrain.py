@@ -84,15 +84,20 @@ def resolve_model_config(train: TrainConfig, manifest: Manifest, init_from: str 
     return BertConfig.from_preset(train.model, **overrides)
 
 
+def global_heads(train: TrainConfig, config: BertConfig) -> int:
+    """The last layer's heads that start global: `global_attention_heads`, -1 meaning all of them."""
+    return config.num_attention_heads if train.global_attention_heads == -1 else train.global_attention_heads
+
+
 def check_attention_init(train: TrainConfig, config: BertConfig) -> None:
-    """`attention_init: local` keeps at least one head local and needs sinusoids of an even width."""
+    """`attention_init: local` leaves at most the last layer's heads global and needs sinusoids of an even width."""
     if train.attention_init != "local":
         return
     heads = config.num_attention_heads
-    if not 0 <= train.global_attention_heads < heads:
+    if not -1 <= train.global_attention_heads <= heads:
         raise TrainConfigError(
-            f"global_attention_heads must be in 0..{heads - 1} (the model has {heads} heads), not "
-            f"{train.global_attention_heads}"
+            f"global_attention_heads must be in 0..{heads} (the model's layers have {heads} heads) or -1 (all), "
+            f"not {train.global_attention_heads}"
         )
     if config.hidden_size % 2:
         raise TrainConfigError(f"attention_init 'local' needs an even hidden_size, not {config.hidden_size}")
@@ -178,7 +183,7 @@ class Trainer:
             f"(ZeRO stage {self.ds_config.get('zero_optimization', {}).get('stage', 0)}, {self.world_size} ranks)"
         )
         if self.train.attention_init == "local":
-            init_local_attention(model.bert, global_heads=self.train.global_attention_heads)
+            init_local_attention(model.bert, global_heads=global_heads(self.train, self.model_config))
         if self.train.mlm_bias_init == "unigram":
             model.cls.predictions.init_bias_to_prior(self.unigram.float())
         carry_optimizer = self.init_from and self.resume_tag is None and self.train.init_optimizer_state

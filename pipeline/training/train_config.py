@@ -53,9 +53,9 @@ class TrainConfig:
     # "local": sinusoidal position embeddings and W_k = W_q, so that attention starts local (see
     # model/local_attention_init.py); "bert": BERT's original N(0, initializer_range) for both
     attention_init: str = "local"
-    # with attention_init "local": heads per layer left at BERT's near-uniform start, through which [CLS] sees
-    # the whole pair (and next-sentence prediction its evidence) from the first step
-    global_attention_heads: int = 0
+    # with attention_init "local": heads of the last layer left at BERT's near-uniform start, through which [CLS]
+    # sees the whole sequence from the first step (next-sentence prediction and classifiers read [CLS]); -1: all
+    global_attention_heads: int = -1
     # several instances per row of max_seq_length, with no attention between them (pipeline/data/packing.py): the
     # same losses and gradients as one padded row per instance, with less compute spent on padding
     packing: bool = True
