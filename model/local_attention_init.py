@@ -10,6 +10,10 @@ and stays there for thousands of steps. Two changes break that symmetry from the
   at an amplitude that makes position a large part of each token's normalised embedding;
 - each layer's key projection starts equal to its query projection (mimetic initialisation, Trockman & Kolter
   2023), so a token's score for another is the similarity of the two, which position makes local.
+
+The heads of the last layer can keep BERT's start (the trainer's default leaves all of them): next-sentence
+prediction and classifiers read the [CLS] position, and a local [CLS] sees only its first neighbours, not
+the pair's topic; the layers below keep the local start that breaks the plateau.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -20,6 +19,7 @@ import psutil
 import pytest
 
 from pipeline.training.distributed import free_port
+from tests.programs import require
 
 PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "scancel")
 PACKAGES = "munge slurmctld slurmd slurm-client"
@@ -27,14 +27,6 @@ NODE = "localhost"  # a name every process on the machine resolves: the batch sc
 GPUS = 2
 # How a job's state and fields read in `scontrol show job`: `Key=value` pairs separated by spaces.
 FIELD = re.compile(r"(\w+)=(\S*)")
-
-
-def missing_programs() -> list[str]:
-    return [name for name in PROGRAMS if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
-
-
-def program(name: str) -> str:
-    return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
 def memory_mb() -> int:
@@ -48,11 +40,7 @@ def memory_mb() -> int:
 
 class SlurmCluster:
     def __init__(self, directory: Path):
-        missing = missing_programs()
-        if missing:
-            pytest.fail(
-                f"the Slurm tests need {', '.join(missing)} (Debian: apt-get install {PACKAGES}); .ci/run installs them"
-            )
+        self.programs = require(PROGRAMS, "the Slurm tests", PACKAGES)
         self.directory = directory
         self.processes: list[subprocess.Popen] = []
         self.logs: dict[str, Path] = {}
@@ -74,7 +62,7 @@ class SlurmCluster:
         key_dir = self.directory / "munge"
         key_dir.mkdir(mode=0o700)
         key = key_dir / "munge.key"
-        subprocess.run([program("mungekey"), "--create", f"--keyfile={key}"], check=True)
+        subprocess.run([self.programs["mungekey"], "--create", f"--keyfile={key}"], check=True)
         # munged wants the socket's directory searchable by everyone (0755); pytest's own directories are 0700,
         # which --force lets it accept: every client here is this user.
         socket_dir = self.directory / "run"
@@ -137,7 +125,7 @@ class SlurmCluster:
         self.logs[name] = log
         with log.open("wb") as output:
             process = subprocess.Popen(
-                [program(command[0]), *command[1:]],
+                [self.programs[command[0]], *command[1:]],
                 env=self.environment(),
                 stdout=output,
                 stderr=subprocess.STDOUT,

@@ -5,7 +5,6 @@ names 127.0.0.1 and localhost reach it as two "nodes"."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,28 +15,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.training.distributed import free_port
-
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-NEEDED = {
-    "sshd": SSHD,
-    "ssh": shutil.which("ssh"),
-    "ssh-keygen": shutil.which("ssh-keygen"),
-    "pdsh": shutil.which("pdsh"),
-}
-
-
-def missing_programs() -> list[str]:
-    return [name for name, path in NEEDED.items() if not path or not Path(path).exists()]
+from tests.programs import require
 
 
 class SshHosts:
     def __init__(self, directory: Path):
-        missing = missing_programs()
-        if missing:
-            pytest.fail(
-                f"the multi-node tests need {', '.join(missing)} (Debian: apt-get install openssh-server "
-                f"openssh-client pdsh); .ci/run installs them"
-            )
+        sshd = require(
+            ("sshd", "ssh", "ssh-keygen", "pdsh"), "the multi-node tests", "openssh-server openssh-client pdsh"
+        )["sshd"]
         directory.mkdir(parents=True, exist_ok=True)
         for name in ("host_key", "client_key"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)], check=True)
@@ -53,7 +38,7 @@ class SshHosts:
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
         self.log = directory / "sshd.log"
         self.process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)], stderr=self.log.open("wb"), start_new_session=True
+            [sshd, "-D", "-e", "-f", str(config)], stderr=self.log.open("wb"), start_new_session=True
         )
         deadline = time.monotonic() + 30
         while socket.socket().connect_ex(("127.0.0.1", self.port)) != 0:
