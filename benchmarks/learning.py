@@ -23,15 +23,16 @@ guess. Downstream, each arm's final model (and random weights, `--from-scratch`)
 bundled classification task with `launch/finetune.sh classify`, split as the demo splits it
 (`pipeline.demo.steps.write_task_files`: the labelled paragraphs dealt into 3 stratified folds; seed s is
 tested on fold s % 3, chooses the epoch and the learning rate on 20% of the other folds and trains on the
-rest), and scored once on its fold. As in the demo, the vocabulary and the pretraining data are made from
-the corpus less the lines that hold a labelled paragraph.
+rest, or on the demo's subset of 10% or 30% of it), and scored once on its fold; the gap to random weights is
+taken per seed at each amount of labelled data, as the demo takes it. As in the demo, the vocabulary and the
+pretraining data are made from the corpus less the lines that hold a labelled paragraph.
 
 Wall time: each arm's clock starts when the arm starts (ours: launching `pretrain.sh`, so it includes
 starting the launcher and the ranks; the peer: reading the shards in this already-running process) and
 includes the evaluations. Time per training step leaves out start-up and evaluations: the time between
 the first and the last logged step, less the evaluations between them, over the steps between them.
 
-    python benchmarks/learning.py                        # 900 steps, 3 seeds: 2-3 hours on 2 cores, mostly the peer
+    python benchmarks/learning.py                        # the demo's 2,000 steps, 3 seeds: ~3 hours on 2 cores
     python benchmarks/learning.py --steps 20 --eval-every 10 --seeds 1 --finetune-epochs 1
     python benchmarks/learning.py --workdir /tmp/learning  # keeps the dataset (and the runs) for a rerun
 """
@@ -50,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -63,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_description, cpu_model
 from model.heads import IGNORE_INDEX
 from pipeline.data.dataset_check import load_manifest
-from pipeline.demo.downstream import RunResult, choose_learning_rates
+from pipeline.demo.downstream import RunResult, choose_learning_rates, compare, percent
 from pipeline.demo.layout import FOLDS, SIZES, DemoLayout, fold_of_seed
 from pipeline.demo.report import read_labels
 from pipeline.demo.steps import write_task_files
@@ -194,6 +195,7 @@ class Settings:
     batch: int
     finetune_epochs: int
     finetune_learning_rates: tuple[float, ...]  # each arm is fine-tuned at every one and scored at its best
+    finetune_fractions: tuple[float, ...]  # of the labelled training examples, increasing, 1.0 last
     dataset: Path
     work: Path
 
@@ -244,11 +246,15 @@ def cpu_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def demo_split(work: Path) -> DemoLayout:
-    """The demo's task files and its corpus without the labelled paragraphs (written once per work directory)."""
+def demo_split(work: Path, fractions: Sequence[float] = (1.0,), seeds: Sequence[int] = ()) -> DemoLayout:
+    """The demo's task files, the training subsets of `fractions` for `seeds`, and the demo's corpus without
+    the labelled paragraphs; written when one of them is missing (the same files each time: the splits are
+    seeded)."""
     layout = DemoLayout(work / "demo")
-    if not layout.corpus.is_file():
-        write_task_files(layout, replace(SIZES["full"], finetune_fractions=(1.0,), finetune_seeds=1))
+    wanted = [layout.corpus, *(layout.task_subset(fraction, seed) for fraction in fractions for seed in seeds)]
+    if not all(path.is_file() for path in wanted):
+        size = replace(SIZES["full"], finetune_fractions=tuple(sorted({*fractions, 1.0})))
+        write_task_files(layout, replace(size, finetune_seeds=max(seeds, default=0) + 1))
     return layout
 
 
@@ -599,12 +605,21 @@ def run_random(settings: Settings, seed: int, evaluation: HeldOut) -> dict[str, 
 
 
 def finetune(
-    work: Path, model_dir: Path, output: Path, seed: int, epochs: int, learning_rate: float, from_scratch: bool
+    work: Path,
+    model_dir: Path,
+    output: Path,
+    seed: int,
+    fraction: float,
+    epochs: int,
+    learning_rate: float,
+    from_scratch: bool,
 ) -> dict[str, Any]:
-    """The classifier, its epoch chosen on the validation split and scored once on the test split."""
-    task, fold = demo_split(work), fold_of_seed(seed)
+    """The classifier trained on `fraction` of the fold's training examples (the demo's subset for the seed),
+    its epoch chosen on the validation split and scored once on the test split."""
+    task, fold = demo_split(work, (fraction,), (seed,)), fold_of_seed(seed)
+    train = task.task_subset(fraction, seed)
     command = [str(ROOT / "launch" / "finetune.sh"), "classify", "--model", str(model_dir)]
-    command += ["--train", str(task.task_train(fold)), "--validation", str(task.task_validation(fold))]
+    command += ["--train", str(train), "--validation", str(task.task_validation(fold))]
     command += ["--test", str(task.task_test(fold))]
     command += ["--output", str(output)]
     command += ["--epochs", str(epochs), "--learning-rate", str(learning_rate)]
@@ -616,6 +631,8 @@ def finetune(
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
     by_epoch = sorted((r for r in records if "eval_accuracy" in r and "epoch" in r), key=lambda r: r["epoch"])
     return {
+        "fraction": fraction,
+        "train_examples": count_examples(train),
         "learning_rate": learning_rate,
         "accuracy_test": summary["test"]["accuracy"],
         "accuracy_validation": summary["evaluation"]["accuracy"],
@@ -647,12 +664,14 @@ def run_seed(settings: Settings, seed: int, arms: Sequence[str], evaluation: Hel
             finetune(
                 settings.work,
                 Path(model_dir),
-                run_dir / f"finetune-lr{rate:g}",
+                run_dir / f"finetune-{percent(fraction)}pct-lr{rate:g}",
                 seed,
+                fraction,
                 settings.finetune_epochs,
                 rate,
                 from_scratch=arm == "random",
             )
+            for fraction in settings.finetune_fractions
             for rate in settings.finetune_learning_rates
         ]
         run["arm_wall_s"] = time.monotonic() - started
@@ -662,7 +681,8 @@ def run_seed(settings: Settings, seed: int, arms: Sequence[str], evaluation: Hel
         final = run["final"]
         per_step = f", {run['seconds_per_step']:.3f} s/step" if run.get("seconds_per_step") else ""
         downstream = ", ".join(
-            f"lr {t['learning_rate']:g} {t['accuracy_test']:.3f} (validation {t['accuracy_validation']:.3f})"
+            f"{percent(t['fraction'])}% lr {t['learning_rate']:g} {t['accuracy_test']:.3f} "
+            f"(validation {t['accuracy_validation']:.3f})"
             for t in run["downstream_by_rate"]
         )
         print(
@@ -674,18 +694,53 @@ def run_seed(settings: Settings, seed: int, arms: Sequence[str], evaluation: Hel
     return runs
 
 
-def choose_downstream(runs: Sequence[dict[str, Any]], arm: str) -> float:
-    """Each run's `downstream`: its fine-tuning at the learning rate whose mean validation accuracy over the
-    arm's seeds is best (the demo's rule, `choose_learning_rates`). Returns that rate."""
-    results = [
-        RunResult(arm, 1.0, run["seed"], t["learning_rate"], t["accuracy_validation"], t["accuracy_test"])
+def run_results(runs: Sequence[dict[str, Any]], as_arm: str) -> list[RunResult]:
+    """Every fine-tuning of the runs (one arm's seeds), named `as_arm` for the demo's comparison."""
+    return [
+        RunResult(as_arm, t["fraction"], run["seed"], t["learning_rate"], t["accuracy_validation"], t["accuracy_test"])
         for run in runs
         for t in run["downstream_by_rate"]
     ]
-    rate = choose_learning_rates(results)[(arm, 1.0)]
+
+
+def choose_downstream(runs: Sequence[dict[str, Any]], arm: str) -> float:
+    """Each run's `downstream`: its fine-tuning on every training example at the learning rate whose mean
+    validation accuracy over the arm's seeds is best (the demo's rule, `choose_learning_rates`). Returns that
+    rate."""
+    rate = choose_learning_rates(run_results(runs, arm))[(arm, 1.0)]
     for run in runs:
-        run["downstream"] = next(t for t in run["downstream_by_rate"] if t["learning_rate"] == rate)
+        run["downstream"] = next(
+            t for t in run["downstream_by_rate"] if t["learning_rate"] == rate and t["fraction"] == 1.0
+        )
     return rate
+
+
+def downstream_gaps(result_arms: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """For each pretrained arm (ours, the peer), the demo's comparison with random weights at each fraction
+    (`pipeline.demo.downstream.compare`): test accuracy of both, each at the learning rate its validation
+    accuracy prefers, and the gap in points over the per-seed differences (the seeds share folds and subsets)."""
+    if "random" not in result_arms:
+        return {}
+    scratch = run_results(result_arms["random"]["runs"], "scratch")
+    gaps = {}
+    for arm in ("ours", "peer"):
+        if arm not in result_arms:
+            continue
+        runs = result_arms[arm]["runs"]
+        examples = {t["fraction"]: t["train_examples"] for t in runs[0]["downstream_by_rate"]}
+        gaps[arm] = [
+            {
+                "fraction": c.fraction,
+                "train_examples": c.train_examples,  # the first seed's (the folds differ by one at most)
+                "pretrained": asdict(c.pretrained),
+                "random": asdict(c.scratch),
+                "gap_points": asdict(c.gap_points),
+                "gap_over_twice_std": c.clear,
+                "learning_rates": {arm: c.learning_rates["pretrained"], "random": c.learning_rates["scratch"]},
+            }
+            for c in compare([*run_results(runs, "pretrained"), *scratch], examples)
+        ]
+    return gaps
 
 
 def summarize_arm(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -732,6 +787,7 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
         runs = [{"seed": seed, **runs[arm]} for seed, runs in zip(seeds, per_seed, strict=True)]
         rate = choose_downstream(runs, arm)
         result_arms[arm] = {"runs": runs, "summary": {**summarize_arm(runs), "finetune_learning_rate": rate}}
+    gaps = downstream_gaps(result_arms)
     ratio = None
     if "peer" in result_arms:
         ours = result_arms["ours"]["summary"].get("seconds_per_step", {}).get("mean")
@@ -776,11 +832,13 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
             "validation_examples": count_examples(task.task_validation(folds[0])),
             "epochs": settings.finetune_epochs,
             "learning_rates": list(settings.finetune_learning_rates),
+            "fractions": list(settings.finetune_fractions),
             **FINETUNE,
             "test_examples": len(labels),  # over the folds the seeds were tested on
             "majority_share": majority_share(labels),
         },
         "arms": result_arms,
+        "downstream_gaps": gaps,  # pretrained minus random weights, per fraction of the training examples
         "wall_per_step_ratio_ours_to_peer": ratio,
     }
 
@@ -832,17 +890,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
     by_step.set(title="Held-out [MASK] loss by step", xlabel="training step")
     by_wall.set(title="Held-out [MASK] loss by wall time", xlabel="seconds since the arm started")
 
-    names = [a for a in ARMS if a in arms]
-    means = [arms[a]["summary"]["downstream"]["accuracy_test"]["mean"] for a in names]
-    stds = [number(arms[a]["summary"]["downstream"]["accuracy_test"]["std"], 0.0) for a in names]
-    downstream.bar(range(len(names)), means, yerr=stds, capsize=6, color=[colours[a] for a in names])
-    for index, arm in enumerate(names):
-        accuracies = [r["downstream"]["accuracy_test"] for r in arms[arm]["runs"]]
-        downstream.plot([index] * len(accuracies), accuracies, "k.", alpha=0.6)
+    for arm, comparisons in result["downstream_gaps"].items():
+        curves = [(arm, "pretrained")] + ([("random", "random")] if arm == "ours" else [])
+        for name, key in curves:
+            xs = [c["train_examples"] for c in comparisons]
+            ys = [c[key]["mean"] for c in comparisons]
+            errors = [number(c[key]["std"], 0.0) for c in comparisons]
+            downstream.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=4, color=colours[name], label=labels[name])
     downstream.axhline(result["finetune"]["majority_share"], color="grey", linestyle=":", label="majority class")
-    downstream.set_xticks(range(len(names)), [labels[a] for a in names], fontsize=8)
+    downstream.set_xscale("log")
     downstream.set(
-        title=f"Fine-tuned classifier, test accuracy (best of {result['finetune']['epochs']} epochs)", ylabel="accuracy"
+        title=f"Fine-tuned classifier, test accuracy (best of {result['finetune']['epochs']} epochs)",
+        xlabel="labelled training examples",
+        ylabel="accuracy",
     )
     downstream.set_ylim(0, 1)
     downstream.legend(fontsize=8)
@@ -880,14 +940,21 @@ def print_summary(result: dict[str, Any]) -> None:
         if "seconds_per_step" in summary:
             line += f"; {figure(summary['seconds_per_step'])} s/step, arm {figure(summary['arm_wall_s'], 0)} s"
         print(line)
+    for arm, comparisons in result["downstream_gaps"].items():
+        gaps = "; ".join(
+            f"{percent(c['fraction'])}% ({c['train_examples']}) {c['gap_points']['mean']:+.1f}"
+            + (f" ± {c['gap_points']['std']:.1f}" if c["gap_points"]["std"] is not None else "")
+            for c in comparisons
+        )
+        print(f"  classifier, {arm} minus random weights, test accuracy points: {gaps}")
     if result["wall_per_step_ratio_ours_to_peer"] is not None:
         print(f"  wall time per step, ours / peer: {result['wall_per_step_ratio_ours_to_peer']:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=900, help="training steps of each arm")
-    parser.add_argument("--eval-every", type=int, default=300, help="steps between held-out evaluations")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of each arm (the demo's)")
+    parser.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (1, 2, ...)")
     parser.add_argument("--batch", type=int, default=64, help="sequences per step (global)")
     parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="our config directory")
@@ -899,6 +966,13 @@ def main() -> None:
         default=[3e-4, 1e-3],
         help="each arm is fine-tuned at every one and scored at the one its validation accuracy prefers",
     )
+    parser.add_argument(
+        "--finetune-fractions",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.3, 1.0],
+        help="shares of the labelled training examples each arm is fine-tuned on (the demo's; 1 among them)",
+    )
     parser.add_argument("--dupe-factor", type=int, default=5, help="masking passes over the corpus (the demo's: 5)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--skip-peer", action="store_true", help="ours and random weights only")
@@ -906,6 +980,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1 or args.eval_every < 1 or args.seeds < 1 or args.finetune_epochs < 1:
         parser.error("--steps, --eval-every, --seeds and --finetune-epochs must be at least 1")
+    fractions = tuple(sorted(set(args.finetune_fractions)))
+    if fractions[-1] != 1.0 or fractions[0] <= 0:
+        parser.error(f"--finetune-fractions must lie in (0, 1] and include 1, not {args.finetune_fractions}")
 
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="bertpipe-bench-learning-"))).resolve()
     try:
@@ -921,6 +998,7 @@ def main() -> None:
             batch=args.batch,
             finetune_epochs=args.finetune_epochs,
             finetune_learning_rates=tuple(sorted(set(args.finetune_learning_rates))),
+            finetune_fractions=fractions,
             dataset=dataset,
             work=work,
         )

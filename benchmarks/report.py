@@ -440,6 +440,7 @@ def learning(results: Path) -> list[str]:
         "",
         *table(curve_header, curve_rows, "r" * len(curve_header)),
     ]
+    lines += downstream_by_fraction(run.get("downstream_gaps") or {})
     ratio = run.get("wall_per_step_ratio_ours_to_peer")
     if ratio is not None:
         lines += [
@@ -447,6 +448,32 @@ def learning(results: Path) -> list[str]:
             f"Wall time per training step, ours / transformers: {ratio:.2f}x (start-up and evaluations left out).",
         ]
     return lines
+
+
+def gap_points(stats: dict[str, Any]) -> str:
+    """The pretrained-minus-random gap in accuracy points, `+7.2 ± 2.1`, bold where it exceeds twice its std."""
+    text = f"{stats['mean']:+.1f}" + (f" ± {stats['std']:.1f}" if stats.get("std") is not None else "")
+    return f"**{text}**" if stats.get("std") is not None and abs(stats["mean"]) > 2 * stats["std"] else text
+
+
+def downstream_by_fraction(gaps: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The classifier's test accuracy at each amount of labelled data, and each pretrained arm's gap to random
+    weights (per-seed differences; bold: more than twice their std)."""
+    if not gaps:
+        return []
+    arms = [arm for arm in ("ours", "peer") if arm in gaps]
+    header = ["labelled training examples", *(LEARNING_ARMS[arm] for arm in arms), LEARNING_ARMS["random"]]
+    header += [f"{arm} − random, points" for arm in arms]
+    rows = []
+    for index, first in enumerate(gaps[arms[0]]):
+        at = {arm: gaps[arm][index] for arm in arms}
+        cells = [f"{first['fraction'] * 100:g}% ({first['train_examples']})"]
+        cells += [f"{mean_std(at[arm]['pretrained'])} (lr {at[arm]['learning_rates'][arm]:g})" for arm in arms]
+        cells += [f"{mean_std(first['random'])} (lr {first['learning_rates']['random']:g})"]
+        cells += [gap_points(at[arm]["gap_points"]) for arm in arms]
+        rows.append(cells)
+    return ["", "Classifier test accuracy by the amount of labelled data (each arm at its learning rate):", "",
+            *table(header, rows, "l" + "r" * (len(header) - 1))]  # fmt: skip
 
 
 BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {

@@ -172,13 +172,63 @@ def test_learning_aggregates_seeds_per_figure_and_per_shared_step():
     assert changed == {"train_batch_size": 16, "gradient_accumulation_steps": 1, "bf16": {}}
 
 
+def downstream_run(seed: int, by_fraction_and_rate: dict[tuple[float, float], tuple[float, float]]) -> dict:
+    """A benchmark run's fine-tunings: (fraction, rate) -> (validation accuracy, test accuracy)."""
+    tunings = [
+        {"fraction": fraction, "train_examples": int(256 * fraction), "learning_rate": rate,
+         "accuracy_validation": validation, "accuracy_test": test}
+        for (fraction, rate), (validation, test) in by_fraction_and_rate.items()
+    ]  # fmt: skip
+    return {"seed": seed, "downstream_by_rate": tunings}
+
+
+def test_learning_gaps_pair_each_seed_with_random_weights_at_the_rates_validation_chose():
+    learning = _learning()
+    ours = [
+        downstream_run(1, {(0.1, 1e-3): (0.7, 0.70), (0.1, 3e-4): (0.6, 0.90), (1.0, 1e-3): (0.9, 0.88)}),
+        downstream_run(2, {(0.1, 1e-3): (0.8, 0.80), (0.1, 3e-4): (0.6, 0.95), (1.0, 1e-3): (0.9, 0.86)}),
+    ]
+    random_weights = [
+        downstream_run(1, {(0.1, 1e-3): (0.5, 0.50), (0.1, 3e-4): (0.6, 0.55), (1.0, 1e-3): (0.9, 0.90)}),
+        downstream_run(2, {(0.1, 1e-3): (0.5, 0.60), (0.1, 3e-4): (0.6, 0.60), (1.0, 1e-3): (0.9, 0.86)}),
+    ]
+    arms = {"ours": {"runs": ours}, "random": {"runs": random_weights}}
+    (low, full) = learning.downstream_gaps(arms)["ours"]
+    # 10%: ours at 1e-3 (validation 0.75 against 0.6), random at 3e-4 (0.6 against 0.5): gaps +15 and +20
+    assert low["fraction"] == 0.1 and low["train_examples"] == 25
+    assert low["learning_rates"] == {"ours": 1e-3, "random": 3e-4}
+    assert low["pretrained"]["mean"] == pytest.approx(0.75) and low["random"]["mean"] == pytest.approx(0.575)
+    assert low["gap_points"]["mean"] == pytest.approx(17.5) and low["gap_points"]["std"] == pytest.approx(5 / 2**0.5)
+    assert low["gap_over_twice_std"] is True
+    # 100%: -2 and 0 points, within twice their std
+    assert full["gap_points"]["mean"] == pytest.approx(-1.0) and full["gap_over_twice_std"] is False
+    assert learning.downstream_gaps({"ours": {"runs": ours}}) == {}  # nothing to compare with
+    table = "\n".join(_report().downstream_by_fraction(learning.downstream_gaps(arms)))
+    assert "| 10% (25) | 0.750 ± 0.071 (lr 0.001) | 0.575 ± 0.035 (lr 0.0003) | **+17.5 ± 3.5** |" in table
+    assert "| 100% (256) | 0.870 ± 0.014 (lr 0.001) | 0.880 ± 0.028 (lr 0.001) | -1.0 ± 1.4 |" in table
+
+
+def test_learning_task_files_hold_the_demos_subsets_for_the_seeds(tmp_path):
+    learning = _learning()
+    layout = learning.demo_split(tmp_path, (0.1, 1.0), (1, 2))
+    for seed in (1, 2):
+        subset, train = layout.task_subset(0.1, seed), layout.task_train(seed % 3)
+        lines = set(subset.read_text().splitlines())
+        assert len(lines) == 26 and lines <= set(train.read_text().splitlines())
+    before = layout.corpus.stat().st_mtime_ns
+    assert learning.demo_split(tmp_path, (0.1,), (2,)) == layout and layout.corpus.stat().st_mtime_ns == before
+    learning.demo_split(tmp_path, (0.3,), (2,))  # a subset it lacks: written
+    assert layout.task_subset(0.3, 2).is_file()
+
+
 @pytest.mark.slow
 def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
     learning, report = _learning(), _report()
     out = tmp_path / "results"
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/learning.py"), "--steps", "6", "--eval-every", "3", "--seeds", "1",
-         "--finetune-epochs", "1", "--finetune-learning-rates", "3e-4", "--dupe-factor", "1",
+         "--finetune-epochs", "1", "--finetune-learning-rates", "3e-4", "--finetune-fractions", "1",
+         "--dupe-factor", "1",
          "--workdir", str(tmp_path / "work"), "--output-dir", str(out)],
         check=True, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -208,6 +258,12 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
         assert finals["ours"][key] == pytest.approx(finals["peer"][key], rel=1e-9) == finals["random"][key]
     per_step = {arm: result["arms"][arm]["runs"][0]["seconds_per_step"] for arm in ("ours", "peer")}
     assert result["wall_per_step_ratio_ours_to_peer"] == pytest.approx(per_step["ours"] / per_step["peer"])
+    for arm in ("ours", "peer"):
+        (gap,) = result["downstream_gaps"][arm]
+        pretrained = result["arms"][arm]["runs"][0]["downstream"]["accuracy_test"]
+        random_weights = result["arms"]["random"]["runs"][0]["downstream"]["accuracy_test"]
+        assert gap["fraction"] == 1.0
+        assert gap["gap_points"]["mean"] == pytest.approx(100 * (pretrained - random_weights))
     table = "\n".join(report.learning(out))
     assert "| transformers `Trainer` |" in table and "Wall time per training step, ours / transformers" in table
 

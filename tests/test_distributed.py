@@ -72,3 +72,34 @@ def test_a_lock_left_by_a_killed_build_of_the_cpu_op_is_removed_and_a_recent_one
     os.utime(lock, (old, old))
     assert remove_stale_lock(tmp_path) and not lock.exists()
     assert not remove_stale_lock(tmp_path)  # nothing left to remove
+
+
+def test_the_launcher_skips_the_cpu_op_check_only_while_its_stamp_describes_the_library_on_disk(tmp_path):
+    from pipeline.training.cpu_ops import built_before, stamp_path, write_stamp
+
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    library = tmp_path / "deepspeed_shm_comm.so"
+    library.write_bytes(b"built")
+    assert not built_before(env)  # never built from here
+    write_stamp(library, env)
+    assert stamp_path(env).parent == tmp_path / "cache" / "bertpipe" and built_before(env)
+    assert not built_before({**env, "TORCH_EXTENSIONS_DIR": str(tmp_path / "elsewhere")})  # another cache
+    later = library.stat().st_mtime_ns + 10**9
+    os.utime(library, ns=(later, later))  # rebuilt since, by another environment
+    assert not built_before(env)
+    write_stamp(library, env)
+    library.unlink()  # the cache was cleared
+    assert not built_before(env)
+    stamp_path(env).write_text("{not json")
+    assert not built_before(env)
+
+
+def test_a_cpu_launch_that_built_the_op_leaves_a_stamp_the_next_launch_trusts():
+    """The real build step (`python -m pipeline.training.cpu_ops`) writes the stamp for the library it loaded (in
+    the machine's own cache, as every launch does: another cache would cost a build of a minute)."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    subprocess.run([sys.executable, "-m", "pipeline.training.cpu_ops"], env=env, check=True, timeout=600)
+    from pipeline.training.cpu_ops import built_before, stamp_path
+
+    assert built_before(env), stamp_path(env).read_text()
+    assert Path(json.loads(stamp_path(env).read_text())["library"]).name == "deepspeed_shm_comm.so"

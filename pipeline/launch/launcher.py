@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.launch import hostfile as hostfiles
+from pipeline.training import cpu_ops
 from preprocessing.errors import BertpipeError, report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -488,7 +489,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         env["BERTPIPE_VERBOSE"] = "1"
     if hostfile is not None and job.output is not None:
         env["DS_ENV_FILE"] = str(write_environment_file(job.output, env))
-    if env.get("DS_ACCELERATOR") == "cpu":
+    if env.get("DS_ACCELERATOR") == "cpu" and not cpu_ops.built_before(env):
         # DeepSpeed compiles a shared-memory op at its first CPU run: build it once here, not in every rank.
         built = subprocess.run([python, "-m", "pipeline.training.cpu_ops"], env=env)
         if built.returncode:

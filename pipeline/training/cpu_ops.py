@@ -2,14 +2,20 @@
 
 DeepSpeed compiles it when the first rank initialises its communication; several ranks compiling
 into the same cache at once can fail, so the launcher builds it once first (`python -m pipeline.training.cpu_ops`).
-A later build finds it in the torch extensions cache and returns at once.
+A later build finds it in the torch extensions cache and returns at once, but only after importing DeepSpeed
+(seconds on a small machine, at every launch): so each build also leaves a stamp naming this Python, the
+versions and the library it built, and the launcher skips the step while the stamp still describes the
+library on disk (`built_before`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 
 # A build of the op takes a minute or two; a lock file this old was left by a build that was killed (Ctrl-C, a
@@ -36,6 +42,45 @@ def remove_stale_lock(build_directory: Path, max_age_s: float = STALE_LOCK_S) ->
     return True
 
 
+def stamp_path(env: Mapping[str, str]) -> Path:
+    cache = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+    return Path(cache) / "bertpipe" / "deepspeed_cpu_op.json"
+
+
+def build_identity(env: Mapping[str, str]) -> dict[str, str]:
+    """What the op's build depends on, as far as the launcher can tell without importing torch: the environment
+    prefix (its paths are in the compiler's command line), the versions, and where the extensions are cached."""
+    return {
+        "prefix": sys.prefix,
+        "torch": metadata.version("torch"),
+        "deepspeed": metadata.version("deepspeed"),
+        "torch_extensions_dir": env.get("TORCH_EXTENSIONS_DIR", ""),
+    }
+
+
+def built_before(env: Mapping[str, str]) -> bool:
+    """True when the last build from this environment left the library that is on disk now: unchanged since
+    (same modification time), so no other environment rebuilt it in between."""
+    try:
+        stamp = json.loads(stamp_path(env).read_text(encoding="utf-8"))
+        library = Path(stamp["library"])
+        return stamp["identity"] == build_identity(env) and library.stat().st_mtime_ns == stamp["mtime_ns"]
+    except (OSError, ValueError, KeyError, TypeError, metadata.PackageNotFoundError):
+        return False
+
+
+def write_stamp(library: Path, env: Mapping[str, str]) -> None:
+    path = stamp_path(env)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"identity": build_identity(env), "library": str(library), "mtime_ns": library.stat().st_mtime_ns}
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(record), encoding="utf-8")
+        partial.replace(path)
+    except OSError:  # no stamp: the next launch checks the build again, which is only slower
+        pass
+
+
 def build_shared_memory_op() -> bool:
     """True when the op is available (built now or before); False where DeepSpeed does not offer it."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -56,6 +101,7 @@ def build_shared_memory_op() -> bool:
             flush=True,
         )
     builder.load(verbose=False)
+    write_stamp(build_directory / f"{builder.name}.so", os.environ)
     return True
 
 
