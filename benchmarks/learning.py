@@ -626,7 +626,7 @@ def finetune(
     command += ["--batch-size", str(FINETUNE["batch_size"]), "--max-seq-length", str(FINETUNE["max_seq_length"])]
     command += ["--tracking-uri", "off", "--no-register", "--seed", str(seed)]
     command += ["--from-scratch"] if from_scratch else []
-    wall = run_logged(command, output.with_suffix(".log"), cpu_env())
+    wall = run_logged(command, output.with_name(f"{output.name}.log"), cpu_env())
     summary = json.loads((output / "finetune_summary.json").read_text())
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
     by_epoch = sorted((r for r in records if "eval_accuracy" in r and "epoch" in r), key=lambda r: r["epoch"])
