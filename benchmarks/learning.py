@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_description, cpu_model
 from model.heads import IGNORE_INDEX
 from pipeline.data.dataset_check import load_manifest
-from pipeline.demo.downstream import RunResult, choose_learning_rates, compare, percent
+from pipeline.demo.downstream import RunResult, Spread, choose_learning_rates, compare, percent, signed_points
 from pipeline.demo.layout import FOLDS, SIZES, DemoLayout, fold_of_seed
 from pipeline.demo.report import read_labels
 from pipeline.demo.steps import write_task_files
@@ -942,8 +942,7 @@ def print_summary(result: dict[str, Any]) -> None:
         print(line)
     for arm, comparisons in result["downstream_gaps"].items():
         gaps = "; ".join(
-            f"{percent(c['fraction'])}% ({c['train_examples']}) {c['gap_points']['mean']:+.1f}"
-            + (f" ± {c['gap_points']['std']:.1f}" if c["gap_points"]["std"] is not None else "")
+            f"{percent(c['fraction'])}% ({c['train_examples']}) {signed_points(Spread(**c['gap_points']))}"
             for c in comparisons
         )
         print(f"  classifier, {arm} minus random weights, test accuracy points: {gaps}")

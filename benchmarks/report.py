@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.demo.downstream import Spread, signed_points
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Goals from the issues that asked for each benchmark.
@@ -452,7 +454,7 @@ def learning(results: Path) -> list[str]:
 
 def gap_points(stats: dict[str, Any]) -> str:
     """The pretrained-minus-random gap in accuracy points, `+7.2 ± 2.1`, bold where it exceeds twice its std."""
-    text = f"{stats['mean']:+.1f}" + (f" ± {stats['std']:.1f}" if stats.get("std") is not None else "")
+    text = signed_points(Spread(**stats))
     return f"**{text}**" if stats.get("std") is not None and abs(stats["mean"]) > 2 * stats["std"] else text
 
 
