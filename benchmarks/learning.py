@@ -35,11 +35,19 @@ the first and the last logged step, less the evaluations between them, over the 
     python benchmarks/learning.py                        # the demo's 2,000 steps, 3 seeds: ~3 hours on 2 cores
     python benchmarks/learning.py --steps 20 --eval-every 10 --seeds 1 --finetune-epochs 1
     python benchmarks/learning.py --workdir /tmp/learning  # keeps the dataset (and the runs) for a rerun
+    python benchmarks/learning.py --workdir /tmp/learning --seeds 1            # a seed at a time (~1 hour each);
+    python benchmarks/learning.py --workdir /tmp/learning --seeds 3 --resume   # then seeds 2 and 3, seed 1 reused
+
+Each finished seed is kept in the work directory (`runs/seedN/seed.json`, with what its results depend on:
+the settings, the config's files, the dataset's manifest); `--resume` takes it instead of running it again
+when those are the same. The code is not compared: resume with the code that ran the seed. Each run notes
+the machine it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -269,7 +277,14 @@ def build_data(work: Path, dupe_factor: int = 5) -> tuple[Path, dict[str, float]
         command = [sys.executable, "-m", "pipeline.cli", "tokenizer", "train", "--input", str(corpus)]
         command += ["--vocab-size", str(VOCAB_SIZE), "--out", str(tokenizer)]
         seconds["vocabulary_s"] = run_logged(command, work / "logs" / "vocabulary.log", cpu_env())
-    if not (dataset / "manifest.json").is_file():
+    if (dataset / "manifest.json").is_file():
+        built_with = load_manifest(dataset).parameters.get("dupe_factor")
+        if built_with != dupe_factor:
+            raise SystemExit(
+                f"{work} holds shards made with --dupe-factor {built_with}, not {dupe_factor}: "
+                "give another --workdir, or the same --dupe-factor"
+            )
+    else:
         command = [str(ROOT / "launch" / "preprocess.sh"), "--phase", "1", "--input", str(corpus)]
         command += ["--tokenizer", str(tokenizer), "--output", str(data), "--dupe-factor", str(dupe_factor)]
         command += ["--validation-fraction", "0.02", "--shard-mb", "8", "--direct_num_workers=2"]
@@ -675,6 +690,7 @@ def run_seed(settings: Settings, seed: int, arms: Sequence[str], evaluation: Hel
             for rate in settings.finetune_learning_rates
         ]
         run["arm_wall_s"] = time.monotonic() - started
+        run["machine"] = cpu_description()  # seeds reused by --resume may have run elsewhere
         run["final"] = {k: v for k, v in run["curve"][-1].items() if k not in ("step", "wall_s")}
         run["model_dir"] = str(model_dir)
         runs[arm] = run
@@ -775,13 +791,61 @@ def dataset_facts(dataset: Path) -> dict[str, Any]:
     }
 
 
-def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, Any]:
+def seed_inputs(settings: Settings, arms: Sequence[str]) -> dict[str, Any]:
+    """What a seed's results depend on besides the code: a finished seed is reused (`--resume`) only by a run
+    whose inputs are the same."""
+    config_files = {p.name: sha256_of(p) for p in sorted(settings.config.glob("*.json"))}
+    return {
+        "arms": list(arms),
+        "steps": settings.steps,
+        "eval_every": settings.eval_every,
+        "log_every": settings.log_every,
+        "batch": settings.batch,
+        "finetune_epochs": settings.finetune_epochs,
+        "finetune_learning_rates": list(settings.finetune_learning_rates),
+        "finetune_fractions": list(settings.finetune_fractions),
+        "config_files": config_files,
+        "dataset_manifest": sha256_of(settings.dataset / "manifest.json"),
+    }
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def seed_file(settings: Settings, seed: int) -> Path:
+    return settings.work / "runs" / f"seed{seed}" / "seed.json"
+
+
+def save_seed(path: Path, inputs: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
+    path.write_text(json.dumps(finite_or_none({"inputs": inputs, "runs": runs}), allow_nan=False) + "\n")
+
+
+def finished_seed(path: Path, inputs: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The arms' results a finished seed left at `path`, or None when there are none or they came from other
+    inputs (steps, batch, config files, dataset, fine-tuning settings)."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record["runs"] if record.get("inputs") == inputs else None
+
+
+def run(settings: Settings, seeds: Sequence[int], skip_peer: bool, resume: bool = False) -> dict[str, Any]:
     import deepspeed
     import transformers
 
     arms = [a for a in ARMS if not (skip_peer and a == "peer")]
     evaluation = held_out(settings)
-    per_seed = [run_seed(settings, seed, arms, evaluation) for seed in seeds]
+    inputs = seed_inputs(settings, arms)
+    per_seed = []
+    for seed in seeds:
+        runs = finished_seed(seed_file(settings, seed), inputs) if resume else None
+        if runs is None:
+            runs = run_seed(settings, seed, arms, evaluation)
+            save_seed(seed_file(settings, seed), inputs, runs)
+        else:
+            print(f"  seed {seed}: the finished runs in {seed_file(settings, seed).parent} (--resume)", flush=True)
+        per_seed.append(runs)
     result_arms = {}
     for arm in arms:
         runs = [{"seed": seed, **runs[arm]} for seed, runs in zip(seeds, per_seed, strict=True)]
@@ -799,7 +863,7 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool) -> dict[str, 
     labels = [label for fold in folds for label in read_labels(task.task_test(fold))]
     return {
         "benchmark": "learning",
-        "machine": cpu_description(),
+        "machine": " + ".join(sorted({r["machine"] for a in result_arms.values() for r in a["runs"]})),
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
@@ -976,9 +1040,17 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--skip-peer", action="store_true", help="ours and random weights only")
     parser.add_argument("--workdir", type=Path, help="dataset and runs (default: a temporary directory, removed)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the seeds an earlier run of the same code finished in --workdir with the same settings "
+        "(a benchmark of several hours can be run a seed at a time: --seeds 1, then --seeds 2 --resume, ...)",
+    )
     args = parser.parse_args()
     if args.steps < 1 or args.eval_every < 1 or args.seeds < 1 or args.finetune_epochs < 1:
         parser.error("--steps, --eval-every, --seeds and --finetune-epochs must be at least 1")
+    if args.resume and args.workdir is None:
+        parser.error("--resume needs the --workdir of the runs to resume")
     fractions = tuple(sorted(set(args.finetune_fractions)))
     if fractions[-1] != 1.0 or fractions[0] <= 0:
         parser.error(f"--finetune-fractions must lie in (0, 1] and include 1, not {args.finetune_fractions}")
@@ -1001,7 +1073,7 @@ def main() -> None:
             dataset=dataset,
             work=work,
         )
-        result = run(settings, list(range(1, args.seeds + 1)), args.skip_peer)
+        result = run(settings, list(range(1, args.seeds + 1)), args.skip_peer, args.resume)
         result["data_build_s"] = data_seconds
     finally:
         if args.workdir is None:

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -221,17 +222,40 @@ def test_learning_task_files_hold_the_demos_subsets_for_the_seeds(tmp_path):
     assert layout.task_subset(0.3, 2).is_file()
 
 
+def test_learning_resume_reuses_a_seed_only_from_the_same_inputs(tmp_path):
+    learning = _learning()
+    config, dataset = tmp_path / "config", tmp_path / "data"
+    for directory, name in ((config, "train.json"), (config, "deepspeed.json"), (dataset, "manifest.json")):
+        directory.mkdir(exist_ok=True)
+        (directory / name).write_text("{}")
+    settings = learning.Settings(
+        config=config, steps=6, eval_every=3, log_every=1, batch=64, finetune_epochs=1,
+        finetune_learning_rates=(3e-4,), finetune_fractions=(1.0,), dataset=dataset, work=tmp_path / "work",
+    )  # fmt: skip
+    arms = ["ours", "random"]
+    inputs = learning.seed_inputs(settings, arms)
+    path = learning.seed_file(settings, 2)
+    path.parent.mkdir(parents=True)
+    assert learning.finished_seed(path, inputs) is None  # nothing finished yet
+    learning.save_seed(path, inputs, {"ours": {"final": {"mask_loss": 4.5, "nsp_accuracy": float("nan")}}})
+    assert learning.finished_seed(path, inputs) == {"ours": {"final": {"mask_loss": 4.5, "nsp_accuracy": None}}}
+    # whatever changes a seed's results makes it run again
+    assert learning.finished_seed(path, learning.seed_inputs(replace(settings, steps=7), arms)) is None
+    assert learning.finished_seed(path, learning.seed_inputs(settings, ["ours", "peer", "random"])) is None
+    (config / "deepspeed.json").write_text('{"optimizer": {"type": "AdamW"}}')
+    assert learning.finished_seed(path, learning.seed_inputs(settings, arms)) is None
+
+
 @pytest.mark.slow
 def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
     learning, report = _learning(), _report()
     out = tmp_path / "results"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/learning.py"), "--steps", "6", "--eval-every", "3", "--seeds", "1",
-         "--finetune-epochs", "1", "--finetune-learning-rates", "3e-4", "--finetune-fractions", "1",
-         "--dupe-factor", "1",
-         "--workdir", str(tmp_path / "work"), "--output-dir", str(out)],
-        check=True, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    command = [
+        sys.executable, str(ROOT / "benchmarks/learning.py"), "--steps", "6", "--eval-every", "3", "--seeds", "1",
+        "--finetune-epochs", "1", "--finetune-learning-rates", "3e-4", "--finetune-fractions", "1",
+        "--dupe-factor", "1", "--workdir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    subprocess.run([*command, "--output-dir", str(out)], check=True, capture_output=True, text=True, timeout=900)
     result = json.loads((out / "learning.json").read_text())
     assert (out / "learning.png").stat().st_size > 0
     assert result["cores"] > 0 and result["cpu_model"] and result["sequences"] == 6 * 64
@@ -266,6 +290,19 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
         assert gap["gap_points"]["mean"] == pytest.approx(100 * (pretrained - random_weights))
     table = "\n".join(report.learning(out))
     assert "| transformers `Trainer` |" in table and "Wall time per training step, ours / transformers" in table
+
+    # Run again with --resume: the finished seed is read back, nothing is trained again.
+    trained = tmp_path / "work" / "runs" / "seed1" / "ours" / "pretrain" / "metrics.jsonl"
+    written = trained.stat().st_mtime_ns
+    again = subprocess.run(
+        [*command, "--resume", "--output-dir", str(tmp_path / "again")], check=True, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert "(--resume)" in again.stdout and trained.stat().st_mtime_ns == written
+    assert json.loads((tmp_path / "again" / "learning.json").read_text())["arms"] == result["arms"]
+    # shards made with another dupe factor are not taken for these
+    other = subprocess.run([*command, "--dupe-factor", "2"], capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "--dupe-factor 1, not 2" in other.stderr
 
 
 @pytest.mark.slow
