@@ -35,6 +35,7 @@ INSTALL_REQUIRES = [
 
 TEST_REQUIRE = [
     "pytest>=8,<10",
+    "pytest-xdist>=3.5,<4",  # make test runs the files in two processes
     "ruff>=0.6,<0.18",
     # Reference implementation for the parity tests and the benchmarks; never imported at run time.
     "transformers>=4.45,<6",
