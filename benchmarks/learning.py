@@ -38,10 +38,10 @@ the first and the last logged step, less the evaluations between them, over the 
     python benchmarks/learning.py --workdir /tmp/learning --seeds 1            # a seed at a time (~1 hour each);
     python benchmarks/learning.py --workdir /tmp/learning --seeds 3 --resume   # then seeds 2 and 3, seed 1 reused
 
-Each finished seed is kept in the work directory (`runs/seedN/seed.json`, with what its results depend on:
-the settings, the config's files, the dataset's manifest); `--resume` takes it instead of running it again
-when those are the same. The code is not compared: resume with the code that ran the seed. Each run notes
-the machine it ran on.
+Each seed's finished arms are kept in the work directory (`runs/seedN/seed.json`, written after each arm, with
+what their results depend on: the settings, the config's files, the dataset's manifest); `--resume` takes
+them instead of running them again when those are the same; an arm cut short runs again from its start. The
+code is not compared: resume with the code that ran the arms. Each run notes the machine it ran on.
 """
 
 from __future__ import annotations
@@ -660,9 +660,21 @@ def finetune(
 # -- the benchmark --------------------------------------------------------------------------------------
 
 
-def run_seed(settings: Settings, seed: int, arms: Sequence[str], evaluation: HeldOut) -> dict[str, dict[str, Any]]:
+def run_seed(
+    settings: Settings,
+    seed: int,
+    arms: Sequence[str],
+    evaluation: HeldOut,
+    finished: dict[str, dict[str, Any]],
+    save: Callable[[dict[str, dict[str, Any]]], None],
+) -> dict[str, dict[str, Any]]:
+    """Each arm of one seed but the `finished` ones; `save` gets the seed's runs after every arm."""
     runs: dict[str, dict[str, Any]] = {}
     for arm in arms:
+        if arm in finished:
+            runs[arm] = finished[arm]
+            print(f"  seed {seed} {arm:6s}: finished earlier (--resume)", flush=True)
+            continue
         run_dir = settings.work / "runs" / f"seed{seed}" / arm
         shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own scratch from an earlier run
         run_dir.mkdir(parents=True)
@@ -707,6 +719,7 @@ def run_seed(settings: Settings, seed: int, arms: Sequence[str], evaluation: Hel
             f"{per_step}; arm {run['arm_wall_s']:.0f} s",
             flush=True,
         )
+        save(runs)
     return runs
 
 
@@ -818,12 +831,13 @@ def seed_file(settings: Settings, seed: int) -> Path:
 
 
 def save_seed(path: Path, inputs: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(finite_or_none({"inputs": inputs, "runs": runs}), allow_nan=False) + "\n")
 
 
-def finished_seed(path: Path, inputs: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
-    """The arms' results a finished seed left at `path`, or None when there are none or they came from other
-    inputs (steps, batch, config files, dataset, fine-tuning settings)."""
+def finished_arms(path: Path, inputs: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The results of the arms a seed finished, left at `path` after each arm, or None when there are none or
+    they came from other inputs (steps, batch, config files, dataset, fine-tuning settings)."""
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
@@ -839,13 +853,10 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool, resume: bool 
     inputs = seed_inputs(settings, arms)
     per_seed = []
     for seed in seeds:
-        runs = finished_seed(seed_file(settings, seed), inputs) if resume else None
-        if runs is None:
-            runs = run_seed(settings, seed, arms, evaluation)
-            save_seed(seed_file(settings, seed), inputs, runs)
-        else:
-            print(f"  seed {seed}: the finished runs in {seed_file(settings, seed).parent} (--resume)", flush=True)
-        per_seed.append(runs)
+        path = seed_file(settings, seed)
+        finished = (finished_arms(path, inputs) if resume else None) or {}
+        save = lambda runs, path=path: save_seed(path, inputs, runs)  # noqa: E731
+        per_seed.append(run_seed(settings, seed, arms, evaluation, finished, save))
     result_arms = {}
     for arm in arms:
         runs = [{"seed": seed, **runs[arm]} for seed, runs in zip(seeds, per_seed, strict=True)]
@@ -1043,8 +1054,8 @@ def main() -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="reuse the seeds an earlier run of the same code finished in --workdir with the same settings "
-        "(a benchmark of several hours can be run a seed at a time: --seeds 1, then --seeds 2 --resume, ...)",
+        help="reuse the arms and seeds an earlier run of the same code finished in --workdir with the same "
+        "settings (a benchmark of several hours can be run a seed at a time: --seeds 1, then --seeds 2 --resume)",
     )
     args = parser.parse_args()
     if args.steps < 1 or args.eval_every < 1 or args.seeds < 1 or args.finetune_epochs < 1:

@@ -222,7 +222,7 @@ def test_learning_task_files_hold_the_demos_subsets_for_the_seeds(tmp_path):
     assert layout.task_subset(0.3, 2).is_file()
 
 
-def test_learning_resume_reuses_a_seed_only_from_the_same_inputs(tmp_path):
+def test_learning_resume_reuses_finished_arms_only_from_the_same_inputs(tmp_path):
     learning = _learning()
     config, dataset = tmp_path / "config", tmp_path / "data"
     for directory, name in ((config, "train.json"), (config, "deepspeed.json"), (dataset, "manifest.json")):
@@ -236,14 +236,17 @@ def test_learning_resume_reuses_a_seed_only_from_the_same_inputs(tmp_path):
     inputs = learning.seed_inputs(settings, arms)
     path = learning.seed_file(settings, 2)
     path.parent.mkdir(parents=True)
-    assert learning.finished_seed(path, inputs) is None  # nothing finished yet
+    assert learning.finished_arms(path, inputs) is None  # nothing finished yet
     learning.save_seed(path, inputs, {"ours": {"final": {"mask_loss": 4.5, "nsp_accuracy": float("nan")}}})
-    assert learning.finished_seed(path, inputs) == {"ours": {"final": {"mask_loss": 4.5, "nsp_accuracy": None}}}
+    assert learning.finished_arms(path, inputs) == {"ours": {"final": {"mask_loss": 4.5, "nsp_accuracy": None}}}
     # whatever changes a seed's results makes it run again
-    assert learning.finished_seed(path, learning.seed_inputs(replace(settings, steps=7), arms)) is None
-    assert learning.finished_seed(path, learning.seed_inputs(settings, ["ours", "peer", "random"])) is None
+    assert learning.finished_arms(path, learning.seed_inputs(replace(settings, steps=7), arms)) is None
+    assert learning.finished_arms(path, learning.seed_inputs(settings, ["ours", "peer", "random"])) is None
     (config / "deepspeed.json").write_text('{"optimizer": {"type": "AdamW"}}')
-    assert learning.finished_seed(path, learning.seed_inputs(settings, arms)) is None
+    assert learning.finished_arms(path, learning.seed_inputs(settings, arms)) is None
+    # a seed whose arms all finished runs nothing and saves nothing
+    finished, saved = {"ours": {"final": {"mask_loss": 4.5}}}, []
+    assert learning.run_seed(settings, 2, ["ours"], None, finished, saved.append) == finished and saved == []
 
 
 @pytest.mark.slow
