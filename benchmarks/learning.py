@@ -47,7 +47,6 @@ code is not compared: resume with the code that ran the arms. Each run notes the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -76,6 +75,7 @@ from pipeline.demo.downstream import RunResult, Spread, choose_learning_rates, c
 from pipeline.demo.layout import FOLDS, SIZES, DemoLayout, fold_of_seed
 from pipeline.demo.report import read_labels
 from pipeline.demo.steps import write_task_files
+from pipeline.handoff.registry import file_sha256
 from pipeline.training.deepspeed_config import resolve_batch_sizes
 from pipeline.training.distributed import free_port
 from pipeline.training.train_config import LoadedConfig, load_config
@@ -807,7 +807,7 @@ def dataset_facts(dataset: Path) -> dict[str, Any]:
 def seed_inputs(settings: Settings, arms: Sequence[str]) -> dict[str, Any]:
     """What a seed's results depend on besides the code: a finished seed is reused (`--resume`) only by a run
     whose inputs are the same."""
-    config_files = {p.name: sha256_of(p) for p in sorted(settings.config.glob("*.json"))}
+    config_files = {p.name: file_sha256(p) for p in sorted(settings.config.glob("*.json"))}
     return {
         "arms": list(arms),
         "steps": settings.steps,
@@ -818,12 +818,8 @@ def seed_inputs(settings: Settings, arms: Sequence[str]) -> dict[str, Any]:
         "finetune_learning_rates": list(settings.finetune_learning_rates),
         "finetune_fractions": list(settings.finetune_fractions),
         "config_files": config_files,
-        "dataset_manifest": sha256_of(settings.dataset / "manifest.json"),
+        "dataset_manifest": file_sha256(settings.dataset / "manifest.json"),
     }
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def seed_file(settings: Settings, seed: int) -> Path:
