@@ -340,3 +340,11 @@ def test_compressed_memory_benchmark_writes_json(tmp_path):
     assert 0 < small["compressed_bytes"] < large["compressed_bytes"] < 2 * 2**20  # the text compresses
     assert 1.5 < large["output_tokens"] / small["output_tokens"] < 2.5
     assert result["peak_rss_growth"] == pytest.approx(large["peak_rss_bytes"] / small["peak_rss_bytes"] - 1)
+
+
+def test_learning_resume_without_a_work_directory_is_refused(monkeypatch, capsys):
+    learning = _learning()
+    monkeypatch.setattr(sys, "argv", ["learning.py", "--resume"])
+    with pytest.raises(SystemExit) as exit_info:
+        learning.main()
+    assert exit_info.value.code == 2 and "--resume needs the --workdir" in capsys.readouterr().err
