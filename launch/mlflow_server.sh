@@ -21,8 +21,9 @@
 #
 # Once the server answers on /health, the tracking URI (e.g. http://127.0.0.1:5000) is printed on stdout:
 #   export MLFLOW_TRACKING_URI=$(launch/mlflow_server.sh --background)
-# In the foreground, SIGTERM or SIGINT stops the server and the script exits 0. In the background, stop it
-# with `kill $(cat DIR/server.pid)`.
+# In the foreground, SIGTERM or SIGINT stops the server and its workers, and the script exits 0 once they have
+# exited. In the background, the server leads its own process group: `kill -- -$(cat DIR/server.pid)` stops
+# it and its workers.
 # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false skips MLflow's job runner (GenAI features that training runs do
 # not use) and starts faster.
 # BERTPIPE_PYTHON names the Python to use (default: the project's .venv, else python3 on PATH).
@@ -94,10 +95,24 @@ fi
 server=$!
 set +m
 
+# Whether a process of group $1 is still running (a zombie has exited; its parent may be gone). MLflow's job
+# runner starts its consumers seconds after the server answers, and they take seconds to exit after the
+# server has: a stop waits for the whole group.
+group_running() {
+  [[ -d /proc/self ]] || { kill -0 -- "-$1" 2>/dev/null; return; }
+  local stat line fields
+  for stat in /proc/[0-9]*/stat; do
+    { read -r line <"$stat"; } 2>/dev/null || continue
+    read -r -a fields <<<"${line##*) }"  # after the command name: state, parent, group, ...
+    [[ ${fields[2]} == "$1" && ${fields[0]} != Z ]] && return 0
+  done
+  return 1
+}
+
 stop() {
-  kill -TERM "$server" 2>/dev/null || return 0  # mlflow passes it on to its workers
+  kill -TERM -- "-$server" 2>/dev/null || return 0  # the server and every worker it started
   for _ in $(seq 1 60); do
-    kill -0 "$server" 2>/dev/null || return 0
+    group_running "$server" || return 0
     sleep 0.5
   done
   kill -KILL -- "-$server" 2>/dev/null || true

@@ -274,6 +274,18 @@ def all_gone(processes: list[psutil.Process], timeout_s: float) -> bool:
     return True
 
 
+def running_in_group(group: int) -> list[psutil.Process]:
+    """The processes of process group `group` that have not exited."""
+    running = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return running
+
+
 def launch(*args: str, stderr_path: Path, **env: str) -> subprocess.Popen:
     environment = dict(os.environ, BERTPIPE_PYTHON=sys.executable, **env)
     with stderr_path.open("wb") as stderr:
@@ -306,10 +318,14 @@ def test_launch_script_serves_in_the_foreground_and_stops_on_sigterm(tmp_path):
         assert uri == f"http://127.0.0.1:{port}", (tmp_path / "err").read_text()
         use(uri)
         workers = psutil.Process(process.pid).children(recursive=True)
-        assert workers  # mlflow server, its uvicorn worker, its job runner
+        assert workers  # mlflow server, its uvicorn worker, its job runner (whose consumers start later)
+        group = os.getpgid(workers[0].pid)
+        assert group != os.getpgid(process.pid)  # the server leads a group of its own
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, (tmp_path / "err").read_text()
-        assert all_gone(workers, 10)
+        # the script exits once every process of the server's group has: none is left behind
+        assert all_gone(workers, 0)
+        assert not running_in_group(group)
         assert not answers(uri + "/health")
         assert (tmp_path / "srv" / "mlflow.db").is_file()
     finally:
