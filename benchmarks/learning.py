@@ -37,11 +37,14 @@ the first and the last logged step, less the evaluations between them, over the 
     python benchmarks/learning.py --workdir /tmp/learning  # keeps the dataset (and the runs) for a rerun
     python benchmarks/learning.py --workdir /tmp/learning --seeds 1            # a seed at a time (~1 hour each);
     python benchmarks/learning.py --workdir /tmp/learning --seeds 3 --resume   # then seeds 2 and 3, seed 1 reused
+    python benchmarks/learning.py --seeds 3 --extend benchmarks/results/learning.json  # only the seeds it lacks
 
 Each seed's finished arms are kept in the work directory (`runs/seedN/seed.json`, written after each arm, with
 what their results depend on: the settings, the config's files, the dataset's manifest); `--resume` takes
-them instead of running them again when those are the same; an arm cut short runs again from its start. The
-code is not compared: resume with the code that ran the arms. Each run notes the machine it ran on.
+them instead of running them again when those are the same; an arm cut short runs again from its start.
+A result records the same inputs (`seed_inputs`), so `--extend` can add seeds to it later or on another
+machine (the dataset is rebuilt byte for byte from the corpus and checked by its manifest's hash). The
+code is not compared: resume or extend with the code that ran the arms. Each run notes the machine it ran on.
 """
 
 from __future__ import annotations
@@ -673,7 +676,7 @@ def run_seed(
     for arm in arms:
         if arm in finished:
             runs[arm] = finished[arm]
-            print(f"  seed {seed} {arm:6s}: finished earlier (--resume)", flush=True)
+            print(f"  seed {seed} {arm:6s}: finished earlier, taken as it was (--resume, --extend)", flush=True)
             continue
         run_dir = settings.work / "runs" / f"seed{seed}" / arm
         shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own scratch from an earlier run
@@ -840,17 +843,55 @@ def finished_arms(path: Path, inputs: dict[str, Any]) -> dict[str, dict[str, Any
     return record["runs"] if record.get("inputs") == inputs else None
 
 
-def run(settings: Settings, seeds: Sequence[int], skip_peer: bool, resume: bool = False) -> dict[str, Any]:
+class ExtendError(ValueError):
+    """An earlier result that cannot be extended; the message says why."""
+
+
+def seeds_of_result(path: Path, inputs: dict[str, Any]) -> dict[int, dict[str, dict[str, Any]]]:
+    """The runs of each seed of an earlier result (`learning.json`), arm by arm, when it was made with the same
+    inputs as this run (settings, arms, config files, dataset); otherwise an ExtendError saying what differs."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ExtendError(f"cannot read the result to extend, {path}: {error}") from error
+    earlier = result.get("seed_inputs")
+    if earlier is None:
+        raise ExtendError(
+            f"{path} does not record what its seeds depend on (it predates `seed_inputs`); rerun its seeds"
+        )
+    if earlier != inputs:
+        differ = sorted(k for k in inputs.keys() | earlier.keys() if inputs.get(k) != earlier.get(k))
+        raise ExtendError(
+            f"{path} was made with other {', '.join(differ)} than this run; run with the same settings, config "
+            f"and dataset, or write the result elsewhere with --output-dir"
+        )
+    seeds: dict[int, dict[str, dict[str, Any]]] = {}
+    for arm, entry in result["arms"].items():
+        for run in entry["runs"]:
+            seeds.setdefault(run["seed"], {})[arm] = {k: v for k, v in run.items() if k != "seed"}
+    return seeds
+
+
+def run(
+    settings: Settings,
+    seeds: Sequence[int],
+    skip_peer: bool,
+    resume: bool = False,
+    extend: Path | None = None,
+) -> dict[str, Any]:
+    """Every arm of every seed; with `resume`, the arms the work directory finished are taken from it, and
+    with `extend`, the seeds an earlier result holds are taken from it."""
     import deepspeed
     import transformers
 
     arms = [a for a in ARMS if not (skip_peer and a == "peer")]
-    evaluation = held_out(settings)
     inputs = seed_inputs(settings, arms)
+    earlier = seeds_of_result(extend, inputs) if extend is not None else {}
+    evaluation = held_out(settings)
     per_seed = []
     for seed in seeds:
         path = seed_file(settings, seed)
-        finished = (finished_arms(path, inputs) if resume else None) or {}
+        finished = earlier.get(seed) or (finished_arms(path, inputs) if resume else None) or {}
         save = lambda runs, path=path: save_seed(path, inputs, runs)  # noqa: E731
         per_seed.append(run_seed(settings, seed, arms, evaluation, finished, save))
     result_arms = {}
@@ -870,6 +911,7 @@ def run(settings: Settings, seeds: Sequence[int], skip_peer: bool, resume: bool 
     labels = [label for fold in folds for label in read_labels(task.task_test(fold))]
     return {
         "benchmark": "learning",
+        "seed_inputs": inputs,  # what --extend compares
         "machine": " + ".join(sorted({r["machine"] for a in result_arms.values() for r in a["runs"]})),
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
@@ -1053,6 +1095,13 @@ def main() -> None:
         help="reuse the arms and seeds an earlier run of the same code finished in --workdir with the same "
         "settings (a benchmark of several hours can be run a seed at a time: --seeds 1, then --seeds 2 --resume)",
     )
+    parser.add_argument(
+        "--extend",
+        type=Path,
+        metavar="LEARNING_JSON",
+        help="take the seeds an earlier result holds from it (made with the same settings, config and dataset, "
+        "on any machine) and run only the others: --seeds 3 --extend benchmarks/results/learning.json",
+    )
     args = parser.parse_args()
     if args.steps < 1 or args.eval_every < 1 or args.seeds < 1 or args.finetune_epochs < 1:
         parser.error("--steps, --eval-every, --seeds and --finetune-epochs must be at least 1")
@@ -1080,7 +1129,10 @@ def main() -> None:
             dataset=dataset,
             work=work,
         )
-        result = run(settings, list(range(1, args.seeds + 1)), args.skip_peer, args.resume)
+        try:
+            result = run(settings, list(range(1, args.seeds + 1)), args.skip_peer, args.resume, args.extend)
+        except ExtendError as error:
+            sys.exit(f"learning.py: {error}")
         result["data_build_s"] = data_seconds
     finally:
         if args.workdir is None:

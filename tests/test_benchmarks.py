@@ -249,6 +249,28 @@ def test_learning_resume_reuses_finished_arms_only_from_the_same_inputs(tmp_path
     assert learning.run_seed(settings, 2, ["ours"], None, finished, saved.append) == finished and saved == []
 
 
+def test_learning_extends_only_a_result_made_with_the_same_inputs(tmp_path):
+    learning = _learning()
+    inputs = {"arms": ["ours", "random"], "steps": 6, "dataset_manifest": "ab12"}
+    runs = {
+        "ours": {"runs": [{"seed": 1, "final": {"mask_loss": 4.5}}, {"seed": 2, "final": {"mask_loss": 4.4}}]},
+        "random": {"runs": [{"seed": 1, "final": {"mask_loss": 9.0}}, {"seed": 2, "final": {"mask_loss": 9.1}}]},
+    }
+    path = tmp_path / "learning.json"
+    path.write_text(json.dumps({"seed_inputs": inputs, "arms": runs}))
+    assert learning.seeds_of_result(path, inputs) == {
+        1: {"ours": {"final": {"mask_loss": 4.5}}, "random": {"final": {"mask_loss": 9.0}}},
+        2: {"ours": {"final": {"mask_loss": 4.4}}, "random": {"final": {"mask_loss": 9.1}}},
+    }
+    with pytest.raises(learning.ExtendError, match="other dataset_manifest, steps than this run"):
+        learning.seeds_of_result(path, {**inputs, "steps": 7, "dataset_manifest": "cd34"})
+    path.write_text(json.dumps({"arms": runs}))  # written before results recorded their inputs
+    with pytest.raises(learning.ExtendError, match="does not record what its seeds depend on"):
+        learning.seeds_of_result(path, inputs)
+    with pytest.raises(learning.ExtendError, match="cannot read the result to extend"):
+        learning.seeds_of_result(tmp_path / "absent.json", inputs)
+
+
 @pytest.mark.slow
 def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
     learning, report = _learning(), _report()
@@ -301,8 +323,17 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
         [*command, "--resume", "--output-dir", str(tmp_path / "again")], check=True, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
-    assert "(--resume)" in again.stdout and trained.stat().st_mtime_ns == written
+    assert "finished earlier" in again.stdout and trained.stat().st_mtime_ns == written
     assert json.loads((tmp_path / "again" / "learning.json").read_text())["arms"] == result["arms"]
+    # --extend in another work directory (as on another machine): the dataset is rebuilt, its manifest matches,
+    # the seed the result holds is taken from it and nothing is trained
+    elsewhere = tmp_path / "elsewhere"
+    extended = subprocess.run(
+        [*command[:-1], str(elsewhere), "--extend", str(out / "learning.json"), "--output-dir", str(tmp_path / "ext")],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert "finished earlier" in extended.stdout and not (elsewhere / "runs" / "seed1" / "ours").exists()
+    assert json.loads((tmp_path / "ext" / "learning.json").read_text())["arms"] == result["arms"]
     # shards made with another dupe factor are not taken for these
     other = subprocess.run([*command, "--dupe-factor", "2"], capture_output=True, text=True, timeout=300)
     assert other.returncode != 0 and "--dupe-factor 1, not 2" in other.stderr
