@@ -37,14 +37,16 @@ the first and the last logged step, less the evaluations between them, over the 
     python benchmarks/learning.py --workdir /tmp/learning  # keeps the dataset (and the runs) for a rerun
     python benchmarks/learning.py --workdir /tmp/learning --seeds 1            # a seed at a time (~1 hour each);
     python benchmarks/learning.py --workdir /tmp/learning --seeds 3 --resume   # then seeds 2 and 3, seed 1 reused
-    python benchmarks/learning.py --seeds 3 --extend benchmarks/results/learning.json  # only the seeds it lacks
+    python benchmarks/learning.py --workdir /tmp/learning --seeds 3 --extend benchmarks/results/learning.json
 
 Each seed's finished arms are kept in the work directory (`runs/seedN/seed.json`, written after each arm, with
 what their results depend on: the settings, the config's files, the dataset's manifest); `--resume` takes
 them instead of running them again when those are the same; an arm cut short runs again from its start.
-A result records the same inputs (`seed_inputs`), so `--extend` can add seeds to it later or on another
-machine (the dataset is rebuilt byte for byte from the corpus and checked by its manifest's hash). The
-code is not compared: resume or extend with the code that ran the arms. Each run notes the machine it ran on.
+A result records the same inputs (`seed_inputs`), and `--extend` adds seeds to it later when they are the
+same: the dataset is compared by its manifest's hash, so extend with the work directory whose dataset the
+result was made from (a dataset rebuilt elsewhere differs: the manifest names its input's path, and the
+vocabulary trainer does not give the same vocabulary on every run). The code is not compared: resume or
+extend with the code that ran the arms. Each run notes the machine it ran on.
 """
 
 from __future__ import annotations
@@ -1099,8 +1101,8 @@ def main() -> None:
         "--extend",
         type=Path,
         metavar="LEARNING_JSON",
-        help="take the seeds an earlier result holds from it (made with the same settings, config and dataset, "
-        "on any machine) and run only the others: --seeds 3 --extend benchmarks/results/learning.json",
+        help="take the seeds an earlier result holds from it (made with the same settings, config and dataset: "
+        "the same --workdir) and run only the others: --seeds 3 --extend benchmarks/results/learning.json",
     )
     args = parser.parse_args()
     if args.steps < 1 or args.eval_every < 1 or args.seeds < 1 or args.finetune_epochs < 1:
