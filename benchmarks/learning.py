@@ -865,7 +865,7 @@ def seeds_of_result(path: Path, inputs: dict[str, Any]) -> dict[int, dict[str, d
         differ = sorted(k for k in inputs.keys() | earlier.keys() if inputs.get(k) != earlier.get(k))
         raise ExtendError(
             f"{path} was made with other {', '.join(differ)} than this run; run with the same settings, config "
-            f"and dataset, or write the result elsewhere with --output-dir"
+            f"and dataset (the same --workdir), or run without --extend"
         )
     seeds: dict[int, dict[str, dict[str, Any]]] = {}
     for arm, entry in result["arms"].items():
