@@ -51,20 +51,50 @@ def add_pair_template(tokenizer: Tokenizer) -> None:
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int = 2) -> Tokenizer:
-    """Learn a WordPiece vocabulary of at most `vocab_size` entries, special tokens first."""
+    """Learn a WordPiece vocabulary of `vocab_size` entries (fewer when the corpus has too few merges, more
+    when its alphabet alone is larger): the special tokens, every character of the corpus, `##` and every
+    character that can continue a word, then the merges. The same corpus gives the same vocabulary on every
+    run. `texts` is read twice (a one-shot iterator is held in memory)."""
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise TokenizerError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
+    if iter(texts) is texts:
+        texts = list(texts)
     tokenizer = build_wordpiece(None, lowercase)
+    characters, continuations = corpus_alphabet(texts, tokenizer)
+    # The trainer numbers the `##` pieces in hash-map order as it first meets them, and ties between merges
+    # of equal count go to the lower ids, so two runs on one corpus learn different vocabularies. Handing it
+    # the whole alphabet in a fixed order first leaves nothing to number by chance.
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=[*SPECIAL_TOKENS, *characters, *continuations],
         continuing_subword_prefix="##",
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    add_pair_template(tokenizer)
-    return tokenizer
+    # The alphabet was passed as special tokens only to fix its ids: rebuild with the learned vocabulary, so
+    # that only BERT's five are special (kept whole in text, dropped when decoding).
+    trained = build_wordpiece(tokenizer.get_vocab(with_added_tokens=False), lowercase)
+    trained.add_special_tokens(list(SPECIAL_TOKENS))
+    add_pair_template(trained)
+    return trained
+
+
+def corpus_alphabet(texts: Iterable[str], tokenizer: Tokenizer) -> tuple[list[str], list[str]]:
+    """The characters of the normalized corpus that the pre-tokenizer keeps in words, in code point order,
+    and `##` with each of them that can continue a word (not punctuation or CJK, which stand alone). Every
+    `##` piece is kept whether or not the corpus has it inside a word, as BERT's own vocabularies do: a word
+    with a character the vocabulary cannot continue with becomes [UNK] whole."""
+    normalize, pre_tokenize = tokenizer.normalizer.normalize_str, tokenizer.pre_tokenizer.pre_tokenize_str
+
+    def words(text: str) -> list[str]:
+        return [word for word, _ in pre_tokenize(normalize(text))]
+
+    seen: set[str] = set()
+    for text in texts:
+        seen.update(normalize(text))
+    characters = sorted(c for c in seen if words(c) == [c])  # not whitespace
+    return characters, ["##" + c for c in characters if words(c + c) == [c + c]]
 
 
 def vocabulary(tokenizer: Tokenizer) -> list[str]:

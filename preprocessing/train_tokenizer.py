@@ -81,6 +81,18 @@ def sample_paragraphs(reads: Sequence[SampleRead], input_format: str, text_field
                     yield from document.paragraphs
 
 
+@dataclass(frozen=True)
+class Sample:
+    """The planned reads' paragraphs, read anew on each pass (training takes two), never held in memory."""
+
+    reads: Sequence[SampleRead]
+    input_format: str
+    text_field: str
+
+    def __iter__(self) -> Iterator[str]:
+        return sample_paragraphs(self.reads, self.input_format, self.text_field)
+
+
 def _parquet_paragraphs(read: SampleRead, column: str) -> Iterator[str]:
     """The planned row groups' paragraphs, read as the Beam job reads a row group (`parquet_documents`)."""
     import pyarrow.parquet as pq
@@ -133,8 +145,7 @@ def train(
     files = match_inputs(inputs)
     row_groups = parquet_row_groups(files) if input_format == "parquet" else None
     reads = plan_sample(files, int(sample_mb * 2**20), row_groups)
-    texts = sample_paragraphs(reads, input_format, text_field)
-    tokenizer = train_wordpiece(texts, vocab_size=vocab_size, lowercase=lowercase)
+    tokenizer = train_wordpiece(Sample(reads, input_format, text_field), vocab_size=vocab_size, lowercase=lowercase)
     fs.make_dirs(out)
     for name, data in tokenizer_files(tokenizer).items():
         fs.write_atomically(fs.join(out, name), data)

@@ -43,6 +43,20 @@ def test_trained_vocabulary(trained):
     assert any(t.startswith("##") for t in trained.get_vocab())
 
 
+def test_training_gives_the_same_vocabulary_every_time(trained):
+    lines = [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    again = [tokenizer_files(train_wordpiece(iter(lines), vocab_size=2000, lowercase=True)) for _ in range(3)]
+    assert again[0] == again[1] == again[2] == tokenizer_files(trained)
+
+
+def test_the_vocabulary_holds_every_character_and_its_continuation(trained):
+    vocab = trained.get_vocab()
+    assert {"a", "##a", "z", "##z", "0", "##0", "_", ".", "("} <= set(vocab)
+    assert not {"##.", "##(", "##_"} & set(vocab)  # punctuation stands alone, never continues a word
+    assert sorted(token.content for token in trained.get_added_tokens_decoder().values()) == sorted(SPECIAL_TOKENS)
+    assert trained.decode(trained.encode("zzz").ids) == "zzz"
+
+
 def test_tokenizer_json_and_vocab_txt_load_the_same(trained, tmp_path):
     directory = write(trained, tmp_path / "full")
     from_json = load_tokenizer(directory)
