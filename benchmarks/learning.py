@@ -40,18 +40,19 @@ the first and the last logged step, less the evaluations between them, over the 
     python benchmarks/learning.py --workdir /tmp/learning --seeds 3 --extend benchmarks/results/learning.json
 
 Each seed's finished arms are kept in the work directory (`runs/seedN/seed.json`, written after each arm, with
-what their results depend on: the settings, the config's files, the dataset's manifest); `--resume` takes
+what their results depend on: the settings, the config's files, the dataset); `--resume` takes
 them instead of running them again when those are the same; an arm cut short runs again from its start.
 A result records the same inputs (`seed_inputs`), and `--extend` adds seeds to it later when they are the
-same: the dataset is compared by its manifest's hash, so extend with the work directory whose dataset the
-result was made from (a dataset rebuilt elsewhere differs: the manifest names its input's path, and the
-vocabulary trainer does not give the same vocabulary on every run). The code is not compared: resume or
-extend with the code that ran the arms. Each run notes the machine it ran on.
+same, in any work directory and on any machine: the dataset is compared by its manifest (vocabulary, shards'
+hashes, settings) less where its input lay, and the same corpus and settings give the same vocabulary and
+shards. The code is not compared: resume or extend with the code that ran the arms. Each run notes the machine
+it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -823,8 +824,16 @@ def seed_inputs(settings: Settings, arms: Sequence[str]) -> dict[str, Any]:
         "finetune_learning_rates": list(settings.finetune_learning_rates),
         "finetune_fractions": list(settings.finetune_fractions),
         "config_files": config_files,
-        "dataset_manifest": file_sha256(settings.dataset / "manifest.json"),
+        "dataset": dataset_identity(settings.dataset),
     }
+
+
+def dataset_identity(dataset: Path) -> str:
+    """The sha256 of the dataset's manifest with each input named by its file name instead of its path: the
+    vocabulary's and every shard's hash, the settings and the counts, wherever the dataset was built."""
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest["inputs"] = [{**entry, "path": Path(entry["path"]).name} for entry in manifest["inputs"]]
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def seed_file(settings: Settings, seed: int) -> Path:
@@ -865,7 +874,7 @@ def seeds_of_result(path: Path, inputs: dict[str, Any]) -> dict[int, dict[str, d
         differ = sorted(k for k in inputs.keys() | earlier.keys() if inputs.get(k) != earlier.get(k))
         raise ExtendError(
             f"{path} was made with other {', '.join(differ)} than this run; run with the same settings, config "
-            f"and dataset (the same --workdir), or run without --extend"
+            f"and corpus (a dataset built from them is the same anywhere), or run without --extend"
         )
     seeds: dict[int, dict[str, dict[str, Any]]] = {}
     for arm, entry in result["arms"].items():
@@ -1101,8 +1110,8 @@ def main() -> None:
         "--extend",
         type=Path,
         metavar="LEARNING_JSON",
-        help="take the seeds an earlier result holds from it (made with the same settings, config and dataset: "
-        "the same --workdir) and run only the others: --seeds 3 --extend benchmarks/results/learning.json",
+        help="take the seeds an earlier result holds from it (made with the same settings, config and dataset, "
+        "in any work directory) and run only the others: --seeds 3 --extend benchmarks/results/learning.json",
     )
     args = parser.parse_args()
     if args.steps < 1 or args.eval_every < 1 or args.seeds < 1 or args.finetune_epochs < 1:

@@ -249,9 +249,29 @@ def test_learning_resume_reuses_finished_arms_only_from_the_same_inputs(tmp_path
     assert learning.run_seed(settings, 2, ["ours"], None, finished, saved.append) == finished and saved == []
 
 
+def test_a_dataset_is_identified_by_its_contents_not_where_its_input_lay(tmp_path):
+    learning = _learning()
+    manifest = {
+        "inputs": [{"path": "/tmp/a/demo/corpus.txt", "bytes": 10}],
+        "tokenizer": {"vocab_sha256": "11"},
+        "splits": {"train": {"shards": [{"name": "train-000000.tar", "sha256": "22"}]}},
+    }
+
+    def identity(name: str, **changes) -> str:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({**manifest, **changes}))
+        return learning.dataset_identity(tmp_path / name)
+
+    here = identity("here")
+    assert identity("elsewhere", inputs=[{"path": "/work/b/demo/corpus.txt", "bytes": 10}]) == here
+    assert identity("longer", inputs=[{"path": "/tmp/a/demo/corpus.txt", "bytes": 11}]) != here
+    assert identity("other_vocabulary", tokenizer={"vocab_sha256": "12"}) != here
+    assert identity("other_shard", splits={"train": {"shards": [{"name": "train-000000.tar", "sha256": "23"}]}}) != here
+
+
 def test_learning_extends_only_a_result_made_with_the_same_inputs(tmp_path):
     learning = _learning()
-    inputs = {"arms": ["ours", "random"], "steps": 6, "dataset_manifest": "ab12"}
+    inputs = {"arms": ["ours", "random"], "steps": 6, "dataset": "ab12"}
     runs = {
         "ours": {"runs": [{"seed": 1, "final": {"mask_loss": 4.5}}, {"seed": 2, "final": {"mask_loss": 4.4}}]},
         "random": {"runs": [{"seed": 1, "final": {"mask_loss": 9.0}}, {"seed": 2, "final": {"mask_loss": 9.1}}]},
@@ -262,8 +282,8 @@ def test_learning_extends_only_a_result_made_with_the_same_inputs(tmp_path):
         1: {"ours": {"final": {"mask_loss": 4.5}}, "random": {"final": {"mask_loss": 9.0}}},
         2: {"ours": {"final": {"mask_loss": 4.4}}, "random": {"final": {"mask_loss": 9.1}}},
     }
-    with pytest.raises(learning.ExtendError, match="other dataset_manifest, steps than this run"):
-        learning.seeds_of_result(path, {**inputs, "steps": 7, "dataset_manifest": "cd34"})
+    with pytest.raises(learning.ExtendError, match="other dataset, steps than this run"):
+        learning.seeds_of_result(path, {**inputs, "steps": 7, "dataset": "cd34"})
     path.write_text(json.dumps({"arms": runs}))  # written before results recorded their inputs
     with pytest.raises(learning.ExtendError, match="does not record what its seeds depend on"):
         learning.seeds_of_result(path, inputs)
@@ -325,12 +345,14 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
     )  # fmt: skip
     assert "finished earlier" in again.stdout and trained.stat().st_mtime_ns == written
     assert json.loads((tmp_path / "again" / "learning.json").read_text())["arms"] == result["arms"]
-    # --extend (no --resume): the seed the result holds is taken from the result, nothing is trained
+    # --extend (no --resume) from a new work directory: the dataset built there is the same (vocabulary and
+    # shards), so the seed the result holds is taken from the result and nothing is trained
+    elsewhere = [*command[: command.index("--workdir")], "--workdir", str(tmp_path / "elsewhere")]
     extended = subprocess.run(
-        [*command, "--extend", str(out / "learning.json"), "--output-dir", str(tmp_path / "ext")],
+        [*elsewhere, "--extend", str(out / "learning.json"), "--output-dir", str(tmp_path / "ext")],
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert "finished earlier" in extended.stdout and trained.stat().st_mtime_ns == written
+    assert "finished earlier" in extended.stdout and not (tmp_path / "elsewhere" / "runs" / "seed1" / "ours").exists()
     assert json.loads((tmp_path / "ext" / "learning.json").read_text())["arms"] == result["arms"]
     # shards made with another dupe factor are not taken for these
     other = subprocess.run([*command, "--dupe-factor", "2"], capture_output=True, text=True, timeout=300)
