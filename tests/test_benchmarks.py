@@ -225,9 +225,11 @@ def test_learning_task_files_hold_the_demos_subsets_for_the_seeds(tmp_path):
 def test_learning_resume_reuses_finished_arms_only_from_the_same_inputs(tmp_path):
     learning = _learning()
     config, dataset = tmp_path / "config", tmp_path / "data"
-    for directory, name in ((config, "train.json"), (config, "deepspeed.json"), (dataset, "manifest.json")):
+    for directory, name in ((config, "train.json"), (config, "deepspeed.json")):
         directory.mkdir(exist_ok=True)
         (directory / name).write_text("{}")
+    dataset.mkdir()
+    (dataset / "manifest.json").write_text('{"inputs": [{"path": "/corpus.txt", "bytes": 10}]}')
     settings = learning.Settings(
         config=config, steps=6, eval_every=3, log_every=1, batch=64, finetune_epochs=1,
         finetune_learning_rates=(3e-4,), finetune_fractions=(1.0,), dataset=dataset, work=tmp_path / "work",
@@ -242,6 +244,9 @@ def test_learning_resume_reuses_finished_arms_only_from_the_same_inputs(tmp_path
     # whatever changes a seed's results makes it run again
     assert learning.finished_arms(path, learning.seed_inputs(replace(settings, steps=7), arms)) is None
     assert learning.finished_arms(path, learning.seed_inputs(settings, ["ours", "peer", "random"])) is None
+    (dataset / "manifest.json").write_text('{"inputs": [{"path": "/corpus.txt", "bytes": 11}]}')
+    assert learning.finished_arms(path, learning.seed_inputs(settings, arms)) is None
+    (dataset / "manifest.json").write_text('{"inputs": [{"path": "/corpus.txt", "bytes": 10}]}')
     (config / "deepspeed.json").write_text('{"optimizer": {"type": "AdamW"}}')
     assert learning.finished_arms(path, learning.seed_inputs(settings, arms)) is None
     # a seed whose arms all finished runs nothing and saves nothing
