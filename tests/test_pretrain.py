@@ -40,10 +40,10 @@ RUN += ("--set", "record_batch_fingerprints=true", "--set", "eval_every=10")
 # From BERT's zero output bias the loss has far to fall in a few steps, which shows the updates land;
 # the default start (the targets' prior) is already at the unigram loss, tested on its own below.
 RUN += ("--set", "mlm_bias_init=zeros")
-# 400 steps of 64 sequences: 0.222 and 0.238 nat below the unigram guess measured (2-core Intel Xeon and AMD
-# EPYC); at step 300 the gain was 0.183 in one run and 0.116 in another (the vocabulary, and so the data, differs
-# between runs), too close to the bound. From BERT's start the gain stays under 0.1 nat for 500 such steps
-# (launch/configs/README.md).
+# 400 steps of 64 sequences: 0.222, 0.238 and 0.257 nat below the unigram guess measured (2-core Intel Xeon and
+# AMD EPYC, the last with the vocabulary `tokenizer train` gives every time); at step 300 the gain was 0.183 in
+# one run and 0.116 in another (on two vocabularies), too close to the bound. From BERT's start the gain stays
+# under 0.1 nat for 500 such steps (launch/configs/README.md).
 LEARNING_STEPS = 400
 LOCAL_GAIN = 0.12
 
