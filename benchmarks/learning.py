@@ -272,7 +272,7 @@ def demo_split(work: Path, fractions: Sequence[float] = (1.0,), seeds: Sequence[
     return layout
 
 
-def build_data(work: Path, dupe_factor: int = 5) -> tuple[Path, dict[str, float]]:
+def build_data(work: Path, dupe_factor: int = SIZES["full"].dupe_factor) -> tuple[Path, dict[str, float]]:
     """The demo's vocabulary and shards (`bertpipe tokenizer train`, `launch/preprocess.sh --phase 1`) from
     the demo's corpus, built once per work directory: a later run finds them and builds nothing."""
     corpus = demo_split(work).corpus
@@ -1096,7 +1096,12 @@ def main() -> None:
         default=[0.1, 0.3, 1.0],
         help="shares of the labelled training examples each arm is fine-tuned on (the demo's; 1 among them)",
     )
-    parser.add_argument("--dupe-factor", type=int, default=5, help="masking passes over the corpus (the demo's: 5)")
+    parser.add_argument(
+        "--dupe-factor",
+        type=int,
+        default=SIZES["full"].dupe_factor,
+        help=f"masking passes over the corpus (the demo's: {SIZES['full'].dupe_factor})",
+    )
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--skip-peer", action="store_true", help="ours and random weights only")
     parser.add_argument("--workdir", type=Path, help="dataset and runs (default: a temporary directory, removed)")

@@ -97,6 +97,7 @@ def test_ints_are_accepted_where_floats_are_expected_and_none_where_optional():
         ({"lr_decay": "cosine"}, r"lr_decay must be one of \('linear', 'polynomial', 'polynomial_total', 'constant'\)"),
         ({"lr_decay_power": 0}, "lr_decay_power must be greater than 0, not 0"),
         ({"lr_end_ratio": 1.5}, r"lr_end_ratio must be in \[0, 1\], not 1.5"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\) or null \(the model's own\), not 1.0"),
     ],
 )
 def test_impossible_values_are_refused(values, message):
@@ -119,6 +120,17 @@ def test_local_attention_init_leaves_at_most_the_last_layers_heads_global_and_ne
     odd = BertConfig.from_preset("tiny", hidden_size=129, num_attention_heads=1)
     with pytest.raises(TrainConfigError, match="attention_init 'local' needs an even hidden_size, not 129"):
         check_attention_init(TrainConfig.from_dict({"warmup_steps": 1}), odd)
+
+
+def test_dropout_replaces_the_models_own_while_training_only():
+    from pipeline.training.pretrain import training_model_config
+
+    tiny = BertConfig.from_preset("tiny")
+    assert training_model_config(TrainConfig.from_dict({"warmup_steps": 1}), tiny) == tiny
+    trained = training_model_config(TrainConfig.from_dict({"warmup_steps": 1, "dropout": 0.0}), tiny)
+    assert (trained.hidden_dropout_prob, trained.attention_probs_dropout_prob) == (0.0, 0.0)
+    assert trained.replace(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1) == tiny
+    assert tiny.hidden_dropout_prob == 0.1  # the config checkpoints store is left as it was
 
 
 def test_parse_overrides_reads_json_values_and_falls_back_to_strings():

@@ -44,7 +44,9 @@ class DemoSize:
 SIZES = {
     "full": DemoSize(
         vocab_size=8192,
-        dupe_factor=5,
+        # README, "Sizing the data": (2,000 steps x 64) / (3.0 sequences a KB x 1,940 KB) = 22 passes, so that
+        # the run reads most pairs once instead of the same pairs 4.5 times over (launch/configs/README.md)
+        dupe_factor=20,
         pretrain_steps=2000,
         eval_every=500,
         finetune_epochs=8,

@@ -89,6 +89,13 @@ def global_heads(train: TrainConfig, config: BertConfig) -> int:
     return config.num_attention_heads if train.global_attention_heads == -1 else train.global_attention_heads
 
 
+def training_model_config(train: TrainConfig, config: BertConfig) -> BertConfig:
+    """The model as it trains: `config` with `dropout` in place of its own. Checkpoints and exports keep `config`."""
+    if train.dropout is None:
+        return config
+    return config.replace(hidden_dropout_prob=train.dropout, attention_probs_dropout_prob=train.dropout)
+
+
 def check_attention_init(train: TrainConfig, config: BertConfig) -> None:
     """`attention_init: local` leaves at most the last layer's heads global and needs sinusoids of an even width."""
     if train.attention_init != "local":
@@ -177,7 +184,7 @@ class Trainer:
 
     def build_engine(self) -> None:
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
-        model = BertForPreTraining(self.model_config)
+        model = BertForPreTraining(training_model_config(self.train, self.model_config))
         announce(
             f"building the model ({model.num_parameters():,} parameters) and DeepSpeed's engine "
             f"(ZeRO stage {self.ds_config.get('zero_optimization', {}).get('stage', 0)}, {self.world_size} ranks)"

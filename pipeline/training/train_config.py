@@ -56,6 +56,10 @@ class TrainConfig:
     # with attention_init "local": heads of the last layer left at BERT's near-uniform start, through which [CLS]
     # sees the whole sequence from the first step (next-sentence prediction and classifiers read [CLS]); -1: all
     global_attention_heads: int = -1
+    # hidden and attention dropout while pretraining; null: the model's own (BERT's 0.1). The saved and exported
+    # model keeps its own, for fine-tuning: a short run over data it sees a few times gains more from every unit
+    # than from the regularisation (launch/configs/README.md)
+    dropout: float | None = None
     # several instances per row of max_seq_length, with no attention between them (pipeline/data/packing.py): the
     # same losses and gradients as one padded row per instance, with less compute spent on padding
     packing: bool = True
@@ -98,6 +102,8 @@ class TrainConfig:
             raise TrainConfigError(
                 f"warmup_steps must be between 0 and train_steps ({self.train_steps}), not {self.warmup_steps}"
             )
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise TrainConfigError(f"dropout must be in [0, 1) or null (the model's own), not {self.dropout}")
         if self.lr_decay not in DECAYS:
             raise TrainConfigError(f"lr_decay must be one of {DECAYS}, not {self.lr_decay!r}")
         if self.lr_decay_power <= 0:
