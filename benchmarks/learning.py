@@ -260,6 +260,9 @@ def cpu_env(**extra: str) -> dict[str, str]:
     return env
 
 
+DEMO_DUPE_FACTOR = SIZES["full"].dupe_factor  # masking passes over the corpus, as `make demo` makes them
+
+
 def demo_split(work: Path, fractions: Sequence[float] = (1.0,), seeds: Sequence[int] = ()) -> DemoLayout:
     """The demo's task files, the training subsets of `fractions` for `seeds`, and the demo's corpus without
     the labelled paragraphs; written when one of them is missing (the same files each time: the splits are
@@ -272,7 +275,7 @@ def demo_split(work: Path, fractions: Sequence[float] = (1.0,), seeds: Sequence[
     return layout
 
 
-def build_data(work: Path, dupe_factor: int = SIZES["full"].dupe_factor) -> tuple[Path, dict[str, float]]:
+def build_data(work: Path, dupe_factor: int = DEMO_DUPE_FACTOR) -> tuple[Path, dict[str, float]]:
     """The demo's vocabulary and shards (`bertpipe tokenizer train`, `launch/preprocess.sh --phase 1`) from
     the demo's corpus, built once per work directory: a later run finds them and builds nothing."""
     corpus = demo_split(work).corpus
@@ -1099,8 +1102,8 @@ def main() -> None:
     parser.add_argument(
         "--dupe-factor",
         type=int,
-        default=SIZES["full"].dupe_factor,
-        help=f"masking passes over the corpus (the demo's: {SIZES['full'].dupe_factor})",
+        default=DEMO_DUPE_FACTOR,
+        help=f"masking passes over the corpus (the demo's: {DEMO_DUPE_FACTOR})",
     )
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--skip-peer", action="store_true", help="ours and random weights only")
