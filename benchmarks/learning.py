@@ -77,7 +77,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_description, cpu_model
 from model.heads import IGNORE_INDEX
 from pipeline.data.dataset_check import load_manifest
-from pipeline.demo.downstream import RunResult, Spread, choose_learning_rates, compare, percent, signed_points
+from pipeline.demo.downstream import (
+    RunResult,
+    Spread,
+    choose_learning_rates,
+    compare,
+    epochs_for_subset,
+    percent,
+    signed_points,
+)
 from pipeline.demo.layout import FOLDS, SIZES, DemoLayout, fold_of_seed
 from pipeline.demo.report import read_labels
 from pipeline.demo.steps import write_task_files
@@ -87,6 +95,9 @@ from pipeline.training.distributed import free_port
 from pipeline.training.train_config import LoadedConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# how many updates a classifier on a fraction of the training examples gets (`epochs_for_subset`); a seed
+# fine-tuned under another rule is fine-tuned again by --resume
+FINETUNE_UPDATES = "as many as --finetune-epochs over all the training examples"
 PYDOCS = ROOT / "tests" / "data" / "pydocs"
 CORPUS = PYDOCS / "demo_corpus.txt"
 CLASSIFY_TRAIN = PYDOCS / "tasks" / "classify_train.jsonl"  # the demo carves test, validation and training from it
@@ -634,14 +645,17 @@ def finetune(
     output: Path,
     seed: int,
     fraction: float,
-    epochs: int,
+    full_epochs: int,
     learning_rate: float,
     from_scratch: bool,
 ) -> dict[str, Any]:
-    """The classifier trained on `fraction` of the fold's training examples (the demo's subset for the seed),
-    its epoch chosen on the validation split and scored once on the test split."""
+    """The classifier trained on `fraction` of the fold's training examples (the demo's subset for the seed)
+    for as many updates as `full_epochs` over all of them take (the demo's rule, `epochs_for_subset`), its
+    epoch chosen on the validation split and scored once on the test split."""
     task, fold = demo_split(work, (fraction,), (seed,)), fold_of_seed(seed)
     train = task.task_subset(fraction, seed)
+    examples = count_examples(train)
+    epochs = epochs_for_subset(examples, count_examples(task.task_train(fold)), full_epochs, FINETUNE["batch_size"])
     command = [str(ROOT / "launch" / "finetune.sh"), "classify", "--model", str(model_dir)]
     command += ["--train", str(train), "--validation", str(task.task_validation(fold))]
     command += ["--test", str(task.task_test(fold))]
@@ -656,7 +670,8 @@ def finetune(
     by_epoch = sorted((r for r in records if "eval_accuracy" in r and "epoch" in r), key=lambda r: r["epoch"])
     return {
         "fraction": fraction,
-        "train_examples": count_examples(train),
+        "train_examples": examples,
+        "epochs": epochs,
         "learning_rate": learning_rate,
         "accuracy_test": summary["test"]["accuracy"],
         "accuracy_validation": summary["evaluation"]["accuracy"],
@@ -677,14 +692,27 @@ def run_seed(
     finished: dict[str, dict[str, Any]],
     save: Callable[[dict[str, dict[str, Any]]], None],
 ) -> dict[str, dict[str, Any]]:
-    """Each arm of one seed but the `finished` ones; `save` gets the seed's runs after every arm."""
+    """Each arm of one seed but the `finished` ones; `save` gets the seed's runs after every arm. A finished
+    arm without downstream results (`finished_arms`: the fine-tuning settings changed) is only fine-tuned."""
     runs: dict[str, dict[str, Any]] = {}
     for arm in arms:
-        if arm in finished:
+        run_dir = settings.work / "runs" / f"seed{seed}" / arm
+        if arm in finished and "downstream_by_rate" in finished[arm]:
             runs[arm] = finished[arm]
             print(f"  seed {seed} {arm:6s}: finished earlier, taken as it was (--resume, --extend)", flush=True)
             continue
-        run_dir = settings.work / "runs" / f"seed{seed}" / arm
+        if arm in finished:
+            run = runs[arm] = finished[arm]
+            for earlier in run_dir.glob("finetune-*"):
+                shutil.rmtree(earlier) if earlier.is_dir() else earlier.unlink()
+            run["downstream_by_rate"] = fine_tune_arm(settings, seed, arm, Path(run["model_dir"]), run_dir)
+            print(
+                f"  seed {seed} {arm:6s}: pretrained earlier, fine-tuned again (--resume); downstream "
+                f"{downstream_line(run)}",
+                flush=True,
+            )
+            save(runs)
+            continue
         shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own scratch from an earlier run
         run_dir.mkdir(parents=True)
         started = time.monotonic()
@@ -696,20 +724,7 @@ def run_seed(
             run = run_random(settings, seed, evaluation)
         # --from-scratch takes the architecture and the tokenizer from ours' export
         model_dir = run["model_dir"] if "model_dir" in run else runs["ours"]["model_dir"]
-        run["downstream_by_rate"] = [
-            finetune(
-                settings.work,
-                Path(model_dir),
-                run_dir / f"finetune-{percent(fraction)}pct-lr{rate:g}",
-                seed,
-                fraction,
-                settings.finetune_epochs,
-                rate,
-                from_scratch=arm == "random",
-            )
-            for fraction in settings.finetune_fractions
-            for rate in settings.finetune_learning_rates
-        ]
+        run["downstream_by_rate"] = fine_tune_arm(settings, seed, arm, Path(model_dir), run_dir)
         run["arm_wall_s"] = time.monotonic() - started
         run["machine"] = cpu_description()  # seeds reused by --resume may have run elsewhere
         run["final"] = {k: v for k, v in run["curve"][-1].items() if k not in ("step", "wall_s")}
@@ -717,19 +732,41 @@ def run_seed(
         runs[arm] = run
         final = run["final"]
         per_step = f", {run['seconds_per_step']:.3f} s/step" if run.get("seconds_per_step") else ""
-        downstream = ", ".join(
-            f"{percent(t['fraction'])}% lr {t['learning_rate']:g} {t['accuracy_test']:.3f} "
-            f"(validation {t['accuracy_validation']:.3f})"
-            for t in run["downstream_by_rate"]
-        )
         print(
             f"  seed {seed} {arm:6s}: [MASK] loss {final['mask_loss']:.3f} (unigram {final['mask_unigram_loss']:.3f}), "
-            f"[MASK] acc {final['mask_accuracy']:.3f}, NSP {final['nsp_accuracy']:.3f}; downstream {downstream}"
+            f"[MASK] acc {final['mask_accuracy']:.3f}, NSP {final['nsp_accuracy']:.3f}; downstream "
+            f"{downstream_line(run)}"
             f"{per_step}; arm {run['arm_wall_s']:.0f} s",
             flush=True,
         )
         save(runs)
     return runs
+
+
+def downstream_line(run: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{percent(t['fraction'])}% lr {t['learning_rate']:g} {t['accuracy_test']:.3f} "
+        f"(validation {t['accuracy_validation']:.3f})"
+        for t in run["downstream_by_rate"]
+    )
+
+
+def fine_tune_arm(settings: Settings, seed: int, arm: str, model_dir: Path, run_dir: Path) -> list[dict[str, Any]]:
+    """The arm's classifier at every fraction and learning rate of the settings (`finetune`)."""
+    return [
+        finetune(
+            settings.work,
+            model_dir,
+            run_dir / f"finetune-{percent(fraction)}pct-lr{rate:g}",
+            seed,
+            fraction,
+            settings.finetune_epochs,
+            rate,
+            from_scratch=arm == "random",
+        )
+        for fraction in settings.finetune_fractions
+        for rate in settings.finetune_learning_rates
+    ]
 
 
 def run_results(runs: Sequence[dict[str, Any]], as_arm: str) -> list[RunResult]:
@@ -824,6 +861,7 @@ def seed_inputs(settings: Settings, arms: Sequence[str]) -> dict[str, Any]:
         "log_every": settings.log_every,
         "batch": settings.batch,
         "finetune_epochs": settings.finetune_epochs,
+        "finetune_updates": FINETUNE_UPDATES,
         "finetune_learning_rates": list(settings.finetune_learning_rates),
         "finetune_fractions": list(settings.finetune_fractions),
         "config_files": config_files,
@@ -850,11 +888,21 @@ def save_seed(path: Path, inputs: dict[str, Any], runs: dict[str, dict[str, Any]
 
 def finished_arms(path: Path, inputs: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
     """The results of the arms a seed finished, left at `path` after each arm, or None when there are none or
-    they came from other inputs (steps, batch, config files, dataset, fine-tuning settings)."""
+    they came from other inputs (steps, batch, config files, dataset). When only the fine-tuning settings
+    differ, the arms come without their downstream results: their pretrained models are fine-tuned again."""
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return record["runs"] if record.get("inputs") == inputs else None
+    earlier = record.get("inputs", {})
+    if earlier == inputs:
+        return record["runs"]
+    if pretraining_inputs(earlier) != pretraining_inputs(inputs):
+        return None
+    return {arm: {k: v for k, v in run.items() if k != "downstream_by_rate"} for arm, run in record["runs"].items()}
+
+
+def pretraining_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in inputs.items() if not k.startswith("finetune_")}
 
 
 class ExtendError(ValueError):
@@ -957,7 +1005,8 @@ def run(
             "tested_folds": folds,
             "train_examples": count_examples(task.task_train(folds[0])),
             "validation_examples": count_examples(task.task_validation(folds[0])),
-            "epochs": settings.finetune_epochs,
+            "epochs": settings.finetune_epochs,  # over all the training examples; a subset runs more
+            "updates": FINETUNE_UPDATES,
             "learning_rates": list(settings.finetune_learning_rates),
             "fractions": list(settings.finetune_fractions),
             **FINETUNE,
@@ -1084,7 +1133,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (1, 2, ...)")
     parser.add_argument("--batch", type=int, default=64, help="sequences per step (global)")
     parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="our config directory")
-    parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=8,
+        help="epochs over all of a fold's training examples; a smaller fraction runs as many updates (more epochs)",
+    )
     parser.add_argument(
         "--finetune-learning-rates",
         type=float,

@@ -415,12 +415,14 @@ def learning(results: Path) -> list[str]:
     ]
     curve_header = ["step"] + [header for name in curve_arms for header in (f"{name} [MASK] loss", f"{name} wall (s)")]
     seeds = run["seeds"]
+    subset = "as many updates on a subset" if tune.get("updates") else "the same epochs on every subset"
     lines = [
         f"Machine: {run['machine']}, torch {run['torch']}, transformers {run['transformers']}, deepspeed "
         f"{run['deepspeed']}. `{run['model']}` from `{run['config']}`, {run['steps']} steps of {run['batch']} "
         f"sequences ({run['sequences']:,}); ours on {run['ours_ranks']} CPU ranks, the peer in one process with "
         f"{run['peer_threads']} threads; {len(seeds)} seed(s), mean ± std. "
-        f"Held out: {run['dataset']['validation_samples']:,} pairs. Classifier: {tune['epochs']} epochs, "
+        f"Held out: {run['dataset']['validation_samples']:,} pairs. Classifier: {tune['epochs']} epochs over all "
+        f"its training examples ({subset}), "
         f"{test_protocol(tune)} (majority class {tune['majority_share']:.3f}). "
         "`benchmarks/results/learning.json`, `learning.png`.",
         "",
@@ -478,6 +480,32 @@ def downstream_by_fraction(gaps: dict[str, list[dict[str, Any]]]) -> list[str]:
             *table(header, rows, "l" + "r" * (len(header) - 1))]  # fmt: skip
 
 
+TASK_REFERENCES = {
+    "words": "words only (logistic regression on the words a paragraph holds)",
+    "reference_encoder": "all-MiniLM-L6-v2, frozen (logistic regression on its mean hidden state)",
+}
+
+
+def task_reference(results: Path) -> list[str]:
+    run = json.loads((results / "task_reference.json").read_text())
+    references = [name for name in TASK_REFERENCES if name in run["summary"]]
+    fractions = run["summary"][references[0]]
+    examples = {(r["fraction"]): r["train_examples"] for r in run["runs"]}
+    rows = [
+        [f"{at['fraction'] * 100:g}% ({examples[at['fraction']]})"]
+        + [mean_std(next(f for f in run["summary"][name] if f["fraction"] == at["fraction"])["test_accuracy"])
+           for name in references]
+        for at in fractions
+    ]  # fmt: skip
+    return [
+        f"Machine: {run['machine']}, torch {run['torch']}. `{run['task']}`, the demo's {run['folds']} folds and "
+        f"subsets, seeds {', '.join(str(s) for s in run['seeds'])} (as `learning.py`'s), test accuracy mean ± std; "
+        f"each fit's L2 strength chosen on the fold's validation split. `benchmarks/results/task_reference.json`.",
+        "",
+        *table(["labelled training examples", *(TASK_REFERENCES[name] for name in references)], rows, "lrr"),
+    ]
+
+
 BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "model_step_cpu": (
         model_step_cpu,
@@ -490,6 +518,7 @@ BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "loader": (loader, "python benchmarks/run_all.py --only loader"),
     "packing": (packing, "python benchmarks/run_all.py --only packing"),
     "learning": (learning, "python benchmarks/run_all.py --only learning"),
+    "task_reference": (task_reference, "python benchmarks/run_all.py --only task_reference"),
 }
 
 

@@ -4,7 +4,7 @@ only where torch sees a GPU; elsewhere their earlier figures stay.
 
     python benchmarks/run_all.py [--only NAME ...] [--results DIR]
 
-NAME: cpu_step preprocess compressed_memory plan loader packing learning gpu_step.
+NAME: cpu_step preprocess compressed_memory plan loader packing learning task_reference gpu_step.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 # (seq, batch, compiled): the phase-1 and phase-2 shapes that fill an 80 GB GPU, and seq 128 eager.
+NAMES = (
+    "cpu_step", "preprocess", "compressed_memory", "plan", "loader", "packing", "learning", "task_reference",
+    "gpu_step",
+)  # fmt: skip
 GPU_SHAPES = [(128, 256, True), (128, 256, False), (512, 64, True)]
 
 
@@ -45,6 +49,9 @@ def commands(results: Path) -> dict[str, list[list[str]]]:
         "loader": [[python, str(BENCHMARKS / "loader.py"), "--out", str(results / "loader.json")]],
         "packing": [[python, str(BENCHMARKS / "packing.py"), "--out", str(results / "packing.json")]],
         "learning": [[python, str(BENCHMARKS / "learning.py"), "--output-dir", str(results)]],
+        "task_reference": [
+            [python, str(BENCHMARKS / "task_reference.py"), "--out", str(results / "task_reference.json")]
+        ],
         "gpu_step": [],
     }
     if torch.cuda.is_available():
@@ -66,7 +73,7 @@ def main() -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["cpu_step", "preprocess", "compressed_memory", "plan", "loader", "packing", "learning", "gpu_step"],
+        choices=NAMES,
     )
     parser.add_argument("--results", type=Path, default=BENCHMARKS / "results")
     args = parser.parse_args()

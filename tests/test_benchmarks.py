@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -249,8 +250,15 @@ def test_learning_resume_reuses_finished_arms_only_from_the_same_inputs(tmp_path
     (dataset / "manifest.json").write_text('{"inputs": [{"path": "/corpus.txt", "bytes": 10}]}')
     (config / "deepspeed.json").write_text('{"optimizer": {"type": "AdamW"}}')
     assert learning.finished_arms(path, learning.seed_inputs(settings, arms)) is None
+    # other fine-tuning settings keep the pretrained arms and drop only their downstream results
+    (config / "deepspeed.json").write_text("{}")
+    learning.save_seed(path, inputs, {"ours": {"final": {"mask_loss": 4.5}, "downstream_by_rate": [{"epochs": 1}]}})
+    for changed in (replace(settings, finetune_epochs=2), replace(settings, finetune_learning_rates=(1e-3,))):
+        pretrained_only = learning.finished_arms(path, learning.seed_inputs(changed, arms))
+        assert pretrained_only == {"ours": {"final": {"mask_loss": 4.5}}}
+    assert learning.finished_arms(path, learning.seed_inputs(replace(settings, batch=32), arms)) is None
     # a seed whose arms all finished runs nothing and saves nothing
-    finished, saved = {"ours": {"final": {"mask_loss": 4.5}}}, []
+    finished, saved = {"ours": {"final": {"mask_loss": 4.5}, "downstream_by_rate": [{"epochs": 1}]}}, []
     assert learning.run_seed(settings, 2, ["ours"], None, finished, saved.append) == finished and saved == []
 
 
@@ -350,6 +358,17 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
     )  # fmt: skip
     assert "finished earlier" in again.stdout and trained.stat().st_mtime_ns == written
     assert json.loads((tmp_path / "again" / "learning.json").read_text())["arms"] == result["arms"]
+    # --resume with another fine-tuning setting fine-tunes the same pretrained models again, for 2 epochs
+    retuned = subprocess.run(
+        [*command, "--resume", "--finetune-epochs", "2", "--output-dir", str(tmp_path / "retuned")],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert retuned.stdout.count("fine-tuned again") == 3 and trained.stat().st_mtime_ns == written
+    arms = json.loads((tmp_path / "retuned" / "learning.json").read_text())["arms"]
+    for arm, entry in arms.items():
+        (run,) = entry["runs"]
+        assert run["curve"] == result["arms"][arm]["runs"][0]["curve"]
+        assert len(run["downstream"]["accuracy_by_epoch"]) == run["downstream"]["epochs"] == 2
     # --extend (no --resume) from a new work directory: the dataset built there is the same (vocabulary and
     # shards), so the seed the result holds is taken from the result and nothing is trained
     elsewhere = [*command[: command.index("--workdir")], "--workdir", str(tmp_path / "elsewhere")]
@@ -404,3 +423,73 @@ def test_learning_resume_without_a_work_directory_is_refused(monkeypatch, capsys
     with pytest.raises(SystemExit) as exit_info:
         learning.main()
     assert exit_info.value.code == 2 and "--resume needs the --workdir" in capsys.readouterr().err
+
+
+def _task_reference():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import task_reference
+
+    return task_reference
+
+
+def test_bag_of_words_marks_the_training_vocabulary_and_leaves_out_other_words():
+    task_reference = _task_reference()
+    vocab = task_reference.vocabulary(["The GIL, the GIL.", "Py_INCREF(obj)"])
+    assert vocab == {"gil": 0, "obj": 1, "py_incref": 2, "the": 3}
+    features = task_reference.bag_of_words(["the obj and the list", "nothing known"], vocab)
+    assert features.tolist() == [[0, 1, 0, 1], [0, 0, 0, 0]]
+
+
+def test_logistic_regression_separates_separable_data_and_l2_shrinks_it():
+    task_reference = _task_reference()
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 5, generator=generator)
+    labels = (features[:, 0] + 0.5 * features[:, 1] > 0).long()
+    weak = task_reference.fit_logistic(features, labels, 2, l2=1e-4)
+    strong = task_reference.fit_logistic(features, labels, 2, l2=1.0)
+    assert task_reference.accuracy(weak, features, labels) >= 0.98  # a linear boundary: nearly every point
+    assert strong.weight.norm() < 0.2 * weak.weight.norm()
+    # the fit starts from zero weights: the same data give the same weights
+    again = task_reference.fit_logistic(features, labels, 2, l2=1e-4)
+    assert torch.equal(again.weight, weak.weight)
+
+
+def test_the_l2_strength_is_the_one_validation_prefers():
+    task_reference = _task_reference()
+    generator = torch.Generator().manual_seed(1)
+    signal = torch.randn(40, 1, generator=generator)
+    noise = torch.randn(40, 30, generator=generator)  # 30 noise features that 40 examples can be fitted on
+    features, labels = torch.cat([signal, noise], dim=1), (signal[:, 0] > 0).long()
+    held_signal = torch.randn(400, 1, generator=generator)
+    held = (torch.cat([held_signal, torch.randn(400, 30, generator=generator)], dim=1), (held_signal[:, 0] > 0).long())
+    figures = task_reference.score((features, labels), held, held, 2)
+    by_l2 = {
+        l2: task_reference.accuracy(task_reference.fit_logistic(features, labels, 2, l2), *held)
+        for l2 in task_reference.L2_STRENGTHS
+    }
+    best = max(by_l2.values())
+    assert figures["validation_accuracy"] == best == figures["test_accuracy"]
+    assert figures["l2"] == max(l2 for l2, value in by_l2.items() if value == best)  # a tie: the stronger
+
+
+@pytest.mark.slow
+def test_task_reference_benchmark_writes_json_and_its_table(tmp_path):
+    out = tmp_path / "results" / "task_reference.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/task_reference.py"), "--seeds", "2", "--fractions", "0.3", "1",
+         "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [2] and result["folds"] == 3
+    runs = {(r["reference"], r["fraction"]): r for r in result["runs"]}
+    assert set(runs) == {(name, f) for name in ("words", "reference_encoder") for f in (0.3, 1.0)}
+    assert {r["train_examples"] for r in result["runs"]} == {77, 256}  # the demo's subsets of fold 2
+    for run in runs.values():
+        assert run["fold"] == 2 and run["l2"] in _task_reference().L2_STRENGTHS
+        assert 0.5 < run["test_accuracy"] <= 1  # both learn the two-label task from 77 paragraphs
+    summary = result["summary"]["words"][1]
+    assert summary["fraction"] == 1.0
+    assert summary["test_accuracy"] == {"mean": runs[("words", 1.0)]["test_accuracy"], "std": None, "n": 1}
+    table = "\n".join(_report().task_reference(out.parent))
+    assert "| 30% (77) |" in table and "| 100% (256) |" in table

@@ -20,10 +20,11 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.demo.__main__ import main as demo_main
-from pipeline.demo.downstream import percent, plan_runs, subset_size
+from pipeline.demo.downstream import epochs_for_subset, percent, plan_runs, subset_size
 from pipeline.demo.layout import CLASSIFY_TRAIN, FOLDS, SIZES, DemoLayout
 from pipeline.demo.layout import ROOT as ROOT_DIR
 from pipeline.demo.steps import (
+    FINETUNE_BATCH_SIZE,
     Step,
     StepFailed,
     StepProgress,
@@ -138,7 +139,9 @@ def test_small_demo_writes_every_artefact_and_a_report_that_matches_them(small_d
         assert figures["test_accuracy"] == own["test"]["accuracy"] == records[-1]["test_accuracy"]
         assert figures["best_epoch"] == own["best_epoch"] == records[-1]["best_epoch"]
         by_epoch = figures["validation_accuracy_by_epoch"]
-        assert len(by_epoch) == SMALL.finetune_epochs and figures["validation_accuracy"] == max(by_epoch)
+        epochs = epochs_for_subset(figures["train_examples"], len(train), SMALL.finetune_epochs, FINETUNE_BATCH_SIZE)
+        assert epochs == (2 if run.fraction == 0.5 else 1)  # half the examples: twice the epochs, as many updates
+        assert len(by_epoch) == epochs and figures["validation_accuracy"] == max(by_epoch)
         assert 0 <= figures["test_accuracy"] <= 1
         assert (own["registered"] is not None) == run.registered
         assert (directory / "model" / "model.safetensors").is_file()

@@ -21,6 +21,7 @@ from pipeline.demo.downstream import (
     choose_learning_rates,
     compare,
     corpus_without,
+    epochs_for_subset,
     majority_share,
     percent,
     plan_runs,
@@ -111,6 +112,30 @@ def test_folds_are_stratified_disjoint_and_cover_every_example_once():
     assert sorted(tested) == list(range(len(labels)))  # every example is a test example exactly once
     with pytest.raises(ValueError, match="at least 2 folds"):
         assign_folds(labels, 1, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("examples", "full", "epochs", "batch", "expected"),
+    [
+        (256, 256, 8, 32, 8),  # the full set: its own epochs
+        (128, 256, 8, 32, 16),  # half the batches: twice the epochs
+        (26, 256, 8, 32, 64),  # one short batch per epoch: 64 updates
+        (77, 256, 8, 32, 22),  # 3 batches per epoch: 66 updates, the fewest epochs reaching 64
+        (1, 10, 3, 4, 9),  # 3 batches x 3 epochs over the full set, one batch per epoch on the subset
+    ],
+)
+def test_a_subset_gets_at_least_the_updates_of_the_full_set(examples, full, epochs, batch, expected):
+    assert epochs_for_subset(examples, full, epochs, batch) == expected
+    updates = -(-examples // batch)
+    assert (expected - 1) * updates < epochs * -(-full // batch) <= expected * updates
+
+
+@pytest.mark.parametrize(
+    ("examples", "full", "epochs", "batch"), [(0, 10, 1, 4), (11, 10, 1, 4), (5, 10, 0, 4), (5, 10, 1, 0)]
+)
+def test_epochs_for_an_impossible_subset_are_refused(examples, full, epochs, batch):
+    with pytest.raises(ValueError):
+        epochs_for_subset(examples, full, epochs, batch)
 
 
 def test_the_corpus_loses_exactly_the_lines_that_hold_a_test_text():
@@ -208,13 +233,14 @@ def test_task_files_and_commands_give_both_arms_the_same_examples(tmp_path):
         assert option(command, "--validation") == str(layout.task_validation(fold))
         assert option(command, "--test") == str(layout.task_test(fold))
         assert option(command, "--seed") == str(run.seed)
-        assert option(command, "--epochs") == str(size.finetune_epochs)
+        examples = subset_size(256, run.fraction)
+        epochs = {26: 64, 77: 22, 256: 8}[examples]  # 64 updates of 32 examples each (the last one short)
+        assert option(command, "--epochs") == str(epochs)
         assert option(command, "--tracking-uri") == layout.tracking_uri
         assert option(command, "--output") == str(layout.finetune_run(run))
         assert ("--from-scratch" in command) == (run.arm == "scratch")
         assert ("--no-register" in command) == (not run.registered)
-        examples = subset_size(256, run.fraction)
-        assert step.total_steps == size.finetune_epochs * -(-examples // 32)
+        assert step.total_steps == epochs * -(-examples // 32) >= size.finetune_epochs * 256 // 32
         with open(option(command, "--train"), encoding="utf-8") as handle:
             trained_on = handle.read().splitlines()
         train = layout.task_train(fold).read_text(encoding="utf-8").splitlines()

@@ -1,9 +1,9 @@
 """The demo's downstream experiment as pure functions: the labelled task dealt into stratified folds (each
 seed's runs are tested on one fold, so that every labelled example is a test example once and a gap is not
 the luck of one small test set), the validation and training examples of each fold, the seeded subsets of
-the training examples for each fraction, the plan of fine-tuning runs, the learning rate of each arm chosen
-on validation, and the test accuracies aggregated over seeds into means, spreads and the
-pretrained-minus-scratch gap.
+the training examples for each fraction, the epochs that give every subset the same number of updates, the
+plan of fine-tuning runs, the learning rate of each arm chosen on validation, and the test accuracies
+aggregated over seeds into means, spreads and the pretrained-minus-scratch gap.
 
 Both arms of a (fraction, seed) pair train on the same subset and are tested on the same fold; the gap is
 taken per seed and then summarised, so its spread is the spread of the paired differences. Each arm runs at
@@ -153,6 +153,19 @@ def corpus_without(lines: Iterable[str], held_out: Sequence[str]) -> tuple[list[
         else:
             kept.append(line)
     return kept, dropped
+
+
+def epochs_for_subset(examples: int, full_examples: int, full_epochs: int, batch_size: int) -> int:
+    """The epochs over a subset of `examples` that take at least as many optimizer steps as `full_epochs` over
+    all `full_examples` (batches of `batch_size`, the last one short): a smaller subset is read more often.
+    Random weights need those updates most; with a fixed number of epochs a 10% subset would get a tenth of
+    them, and the comparison would measure an unfinished baseline rather than what pretraining gives."""
+    if not 0 < examples <= full_examples:
+        raise ValueError(f"a subset of {examples} examples out of {full_examples}")
+    if full_epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch size must be at least 1, got {full_epochs} and {batch_size}")
+    full_steps = full_epochs * math.ceil(full_examples / batch_size)
+    return math.ceil(full_steps / math.ceil(examples / batch_size))
 
 
 def subset_indices(labels: Sequence[Hashable], fraction: float, seed: int) -> list[int]:

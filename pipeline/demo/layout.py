@@ -24,7 +24,7 @@ class DemoSize:
     dupe_factor: int
     pretrain_steps: int
     eval_every: int  # pretraining steps between held-out evaluations (each improving one is registered)
-    finetune_epochs: int
+    finetune_epochs: int  # over a fold's training examples; a subset runs as many updates (epochs_for_subset)
     finetune_learning_rates: tuple[float, ...]  # each arm runs at every one, and is compared at its best on validation
     finetune_fractions: tuple[float, ...]  # of the labelled training examples; 1.0 among them
     finetune_seeds: int  # each (fraction, arm) is fine-tuned with seeds 0 .. finetune_seeds - 1

