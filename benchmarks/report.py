@@ -481,7 +481,7 @@ def downstream_by_fraction(gaps: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 TASK_REFERENCES = {
-    "words": "words only (logistic regression on the words a paragraph holds)",
+    "words": "words only (logistic regression on TF-IDF)",
     "reference_encoder": "all-MiniLM-L6-v2, frozen (logistic regression on its mean hidden state)",
 }
 

@@ -432,12 +432,19 @@ def _task_reference():
     return task_reference
 
 
-def test_bag_of_words_marks_the_training_vocabulary_and_leaves_out_other_words():
+def test_tf_idf_weighs_counts_by_rarity_over_the_training_vocabulary_and_has_unit_rows():
     task_reference = _task_reference()
-    vocab = task_reference.vocabulary(["The GIL, the GIL.", "Py_INCREF(obj)"])
+    training = ["The GIL, the GIL.", "Py_INCREF(obj) the"]
+    vocab = task_reference.vocabulary(training)
     assert vocab == {"gil": 0, "obj": 1, "py_incref": 2, "the": 3}
-    features = task_reference.bag_of_words(["the obj and the list", "nothing known"], vocab)
-    assert features.tolist() == [[0, 1, 0, 1], [0, 0, 0, 0]]
+    idf = task_reference.inverse_document_frequency(training, vocab)
+    rare = math.log(3 / 2) + 1  # in one text of two
+    assert idf.tolist() == pytest.approx([rare, rare, rare, 1.0])  # "the" is in both
+    features = task_reference.tf_idf(["the gil gil and the gil", "nothing known"], vocab, idf)
+    raw = [3 * rare, 0, 0, 2 * 1.0]
+    norm = math.sqrt(sum(x * x for x in raw))
+    assert features[0].tolist() == pytest.approx([x / norm for x in raw])
+    assert features[1].tolist() == [0, 0, 0, 0]
 
 
 def test_logistic_regression_separates_separable_data_and_l2_shrinks_it():

@@ -16,6 +16,7 @@ from pipeline.launch.launcher import (
     LaunchError,
     LaunchOptions,
     check_remote_start,
+    cpu_threads,
     forwarded_environment,
     rank_pattern,
     split_arguments,
@@ -116,3 +117,12 @@ def test_a_slurm_allocation_that_does_not_say_its_gpus_is_an_error_not_one_rank_
 def test_inside_slurm_the_run_directory_is_needed_for_the_hostfile():
     result = finetune_command("classify", "--gpus-per-node", "4", SLURM_JOB_NODELIST="gpu[1-2]")
     assert result.returncode == 2 and "inside a Slurm allocation give --output DIR" in result.stderr
+
+
+def test_cpu_ranks_share_the_cores_unless_the_user_set_the_threads():
+    cpu = {"DS_ACCELERATOR": "cpu"}
+    assert cpu_threads(cpu, ranks_per_node=2, cores=16) == {"OMP_NUM_THREADS": "8"}
+    assert cpu_threads(cpu, ranks_per_node=3, cores=8) == {"OMP_NUM_THREADS": "2"}
+    assert cpu_threads(cpu, ranks_per_node=4, cores=2) == {"OMP_NUM_THREADS": "1"}  # at least one
+    assert cpu_threads({**cpu, "OMP_NUM_THREADS": "3"}, ranks_per_node=2, cores=16) == {}  # the user's
+    assert cpu_threads({}, ranks_per_node=2, cores=16) == {}  # GPU ranks: torch's default

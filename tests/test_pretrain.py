@@ -92,7 +92,7 @@ def test_the_launch_log_announces_each_phase_before_it_begins_and_holds_no_engin
     log = reference_run.with_suffix(".log").read_text()
     # (what is announced, what shows that the phase then happened), in the order a run goes through them
     phases = [
-        ("pretrain.sh: starting 2 ranks on this machine", "joining the other ranks (2 in all)"),
+        ("pretrain.sh: starting 2 ranks on this machine, 1 CPU thread each:", "joining the other ranks (2 in all)"),
         ("counting the training targets", "building the model"),
         ("building the model", "starting the data loader"),
         ("opening the MLflow run", "MLflow: run"),

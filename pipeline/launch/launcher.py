@@ -319,6 +319,16 @@ def ranks_text(hosts: list[str], options: LaunchOptions) -> str:
     return f"{per_node} per node on {len(used)} nodes ({', '.join(used)})"
 
 
+def cpu_threads(env: Mapping[str, str], ranks_per_node: int, cores: int) -> dict[str, str]:
+    """OMP_NUM_THREADS for CPU ranks when the user has not set it: the node's cores shared out among its
+    ranks, at least one each. Left alone, torch gives every rank all the cores, so N ranks run N times as
+    many threads as there are cores: slower, and the floating-point sums of a run depend on the thread count
+    (two runs of one seed agree bit for bit only with the same threads)."""
+    if env.get("DS_ACCELERATOR") != "cpu" or env.get("OMP_NUM_THREADS"):
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, cores // max(1, ranks_per_node)))}
+
+
 def run_status(status_file: Path | None) -> dict[str, Any]:
     """The run's run_status.json, or {} where there is none (a run that never started)."""
     try:
@@ -487,6 +497,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         os.execv(command[0], command)
     if options.verbose:
         env["BERTPIPE_VERBOSE"] = "1"
+    env.update(cpu_threads(env, options.gpus_per_node or 1, len(os.sched_getaffinity(0))))
     if hostfile is not None and job.output is not None:
         env["DS_ENV_FILE"] = str(write_environment_file(job.output, env))
     if env.get("DS_ACCELERATOR") == "cpu" and not cpu_ops.built_before(env):
@@ -494,7 +505,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         built = subprocess.run([python, "-m", "pipeline.training.cpu_ops"], env=env)
         if built.returncode:
             return 1
-    print(f"{script.name}: starting {ranks_text(hosts, options)}: {shlex.join(command)}", file=sys.stderr, flush=True)
+    count = env.get("OMP_NUM_THREADS", "")
+    threads = f", {count} CPU thread{'' if count == '1' else 's'} each" if env.get("DS_ACCELERATOR") == "cpu" else ""
+    print(
+        f"{script.name}: starting {ranks_text(hosts, options)}{threads}: {shlex.join(command)}",
+        file=sys.stderr,
+        flush=True,
+    )
     remote_stop = None
     if job.output is not None and over_ssh(hosts, options):
         env = pdsh_environment(env, options)
