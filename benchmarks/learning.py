@@ -1022,6 +1022,14 @@ def run(
 # -- the plot -------------------------------------------------------------------------------------------
 
 
+def finetune_budget(finetune: dict[str, Any]) -> str:
+    """`64 updates each`, or `best of 8 epochs` for a result from before every subset got the same updates."""
+    if not finetune.get("updates"):
+        return f"best of {finetune['epochs']} epochs"
+    full = finetune["epochs"] * -(-finetune["train_examples"] // finetune["batch_size"])
+    return f"best epoch of {full}+ updates"
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -1076,7 +1084,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     downstream.axhline(result["finetune"]["majority_share"], color="grey", linestyle=":", label="majority class")
     downstream.set_xscale("log")
     downstream.set(
-        title=f"Fine-tuned classifier, test accuracy (best of {result['finetune']['epochs']} epochs)",
+        title=f"Fine-tuned classifier, test accuracy ({finetune_budget(result['finetune'])})",
         xlabel="labelled training examples",
         ylabel="accuracy",
     )
