@@ -26,12 +26,11 @@ import argparse
 import json
 import platform
 import re
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description  # noqa: E402
-from pipeline.demo.downstream import percent  # noqa: E402
+from pipeline.demo.downstream import percent, spread  # noqa: E402
 from pipeline.demo.layout import CLASSIFY_TRAIN, FOLDS, MAX_SEQ_LENGTH, SIZES, DemoLayout, fold_of_seed  # noqa: E402
 from pipeline.demo.steps import write_task_files  # noqa: E402
 
@@ -163,14 +162,6 @@ def encode(encoder, texts: Sequence[str]) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def spread(values: Sequence[float]) -> dict[str, float | None]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-        "n": len(values),
-    }
-
-
 def run(seeds: Sequence[int], fractions: Sequence[float], work: Path) -> dict:
     layout = DemoLayout(work)
     size = replace(SIZES["full"], finetune_fractions=tuple(fractions), finetune_seeds=max(seeds) + 1)
@@ -227,8 +218,10 @@ def run(seeds: Sequence[int], fractions: Sequence[float], work: Path) -> dict:
         reference: [
             {
                 "fraction": fraction,
-                "test_accuracy": spread(
-                    [r["test_accuracy"] for r in runs if r["reference"] == reference and r["fraction"] == fraction]
+                "test_accuracy": asdict(
+                    spread(
+                        [r["test_accuracy"] for r in runs if r["reference"] == reference and r["fraction"] == fraction]
+                    )
                 ),
             }
             for fraction in fractions
