@@ -42,6 +42,7 @@ the first and the last logged step, less the evaluations between them, over the 
 Each seed's finished arms are kept in the work directory (`runs/seedN/seed.json`, written after each arm, with
 what their results depend on: the settings, the config's files, the dataset); `--resume` takes
 them instead of running them again when those are the same; an arm cut short runs again from its start.
+Which other arms ran does not matter: seeds run with `--skip-peer` take the peer on with `--resume` alone.
 A result records the same inputs (`seed_inputs`), and `--extend` adds seeds to it later when they are the
 same, in any work directory and on any machine: the dataset is compared by its manifest (vocabulary, shards'
 hashes, settings) less where its input lay, and the same corpus and settings give the same vocabulary and
@@ -894,15 +895,20 @@ def finished_arms(path: Path, inputs: dict[str, Any]) -> dict[str, dict[str, Any
         return None
     record = json.loads(path.read_text())
     earlier = record.get("inputs", {})
-    if earlier == inputs:
+    if without_arms(earlier) == without_arms(inputs):
         return record["runs"]
     if pretraining_inputs(earlier) != pretraining_inputs(inputs):
         return None
     return {arm: {k: v for k, v in run.items() if k != "downstream_by_rate"} for arm, run in record["runs"].items()}
 
 
+def without_arms(inputs: dict[str, Any]) -> dict[str, Any]:
+    """An arm's results do not depend on which other arms run: a seed run without the peer takes it on later."""
+    return {k: v for k, v in inputs.items() if k != "arms"}
+
+
 def pretraining_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in inputs.items() if not k.startswith("finetune_")}
+    return {k: v for k, v in without_arms(inputs).items() if not k.startswith("finetune_")}
 
 
 class ExtendError(ValueError):
@@ -954,7 +960,9 @@ def run(
     for seed in seeds:
         path = seed_file(settings, seed)
         finished = earlier.get(seed) or (finished_arms(path, inputs) if resume else None) or {}
-        save = lambda runs, path=path: save_seed(path, inputs, runs)  # noqa: E731
+        # the arms finished earlier that this run leaves out (the peer, under --skip-peer) stay in the seed's file
+        kept = {arm: runs for arm, runs in finished.items() if arm not in arms}
+        save = lambda runs, path=path, kept=kept: save_seed(path, inputs, {**kept, **runs})  # noqa: E731
         per_seed.append(run_seed(settings, seed, arms, evaluation, finished, save))
     result_arms = {}
     for arm in arms:

@@ -244,7 +244,9 @@ def test_learning_resume_reuses_finished_arms_only_from_the_same_inputs(tmp_path
     assert learning.finished_arms(path, inputs) == {"ours": {"final": {"mask_loss": 4.5, "nsp_accuracy": None}}}
     # whatever changes a seed's results makes it run again
     assert learning.finished_arms(path, learning.seed_inputs(replace(settings, steps=7), arms)) is None
-    assert learning.finished_arms(path, learning.seed_inputs(settings, ["ours", "peer", "random"])) is None
+    # another set of arms keeps the finished ones: a seed run without the peer takes it on later
+    with_peer = learning.seed_inputs(settings, ["ours", "peer", "random"])
+    assert learning.finished_arms(path, with_peer) == {"ours": {"final": {"mask_loss": 4.5, "nsp_accuracy": None}}}
     (dataset / "manifest.json").write_text('{"inputs": [{"path": "/corpus.txt", "bytes": 11}]}')
     assert learning.finished_arms(path, learning.seed_inputs(settings, arms)) is None
     (dataset / "manifest.json").write_text('{"inputs": [{"path": "/corpus.txt", "bytes": 10}]}')
@@ -358,12 +360,22 @@ def test_learning_benchmark_writes_json_table_and_plot(tmp_path):
     )  # fmt: skip
     assert "finished earlier" in again.stdout and trained.stat().st_mtime_ns == written
     assert json.loads((tmp_path / "again" / "learning.json").read_text())["arms"] == result["arms"]
-    # --resume with another fine-tuning setting fine-tunes the same pretrained models again, for 2 epochs
+    # --resume with another fine-tuning setting fine-tunes the same pretrained models again, for 2 epochs: here
+    # first without the peer, whose record the seed keeps, so that a run with it fine-tunes only the peer again
+    without_peer = subprocess.run(
+        [*command, "--resume", "--skip-peer", "--finetune-epochs", "2", "--output-dir", str(tmp_path / "no_peer")],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert without_peer.stdout.count("fine-tuned again") == 2
+    seed_record = json.loads((tmp_path / "work" / "runs" / "seed1" / "seed.json").read_text())
+    assert set(seed_record["runs"]) == {"ours", "peer", "random"}
     retuned = subprocess.run(
         [*command, "--resume", "--finetune-epochs", "2", "--output-dir", str(tmp_path / "retuned")],
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert retuned.stdout.count("fine-tuned again") == 3 and trained.stat().st_mtime_ns == written
+    assert retuned.stdout.count("finished earlier") == 2 and retuned.stdout.count("fine-tuned again") == 1
+    assert "seed 1 peer  : pretrained earlier, fine-tuned again" in retuned.stdout
+    assert trained.stat().st_mtime_ns == written
     arms = json.loads((tmp_path / "retuned" / "learning.json").read_text())["arms"]
     for arm, entry in arms.items():
         (run,) = entry["runs"]
