@@ -483,11 +483,14 @@ def downstream_by_fraction(gaps: dict[str, list[dict[str, Any]]]) -> list[str]:
 TASK_REFERENCES = {
     "words": "words only (logistic regression on TF-IDF)",
     "reference_encoder": "all-MiniLM-L6-v2, frozen (logistic regression on its mean hidden state)",
+    "pretrained_cls": "ours pretrained, frozen [CLS] state",
+    "pretrained_pooler": "ours pretrained, frozen pooler output",
+    "random_cls": "random weights, frozen [CLS] state",
 }
 
 
-def task_reference(results: Path) -> list[str]:
-    run = json.loads((results / "task_reference.json").read_text())
+def task_reference(results: Path, file_name: str = "task_reference.json") -> list[str]:
+    run = json.loads((results / file_name).read_text())
     references = [name for name in TASK_REFERENCES if name in run["summary"]]
     fractions = run["summary"][references[0]]
     examples = {(r["fraction"]): r["train_examples"] for r in run["runs"]}
@@ -500,9 +503,14 @@ def task_reference(results: Path) -> list[str]:
     return [
         f"Machine: {run['machine']}, torch {run['torch']}. `{run['task']}`, the demo's {run['folds']} folds and "
         f"subsets, seeds {', '.join(str(s) for s in run['seeds'])} (as `learning.py`'s), test accuracy mean ± std; "
-        f"each fit's L2 strength chosen on the fold's validation split. `benchmarks/results/task_reference.json`.",
+        f"each fit's L2 strength chosen on the fold's validation split. `benchmarks/results/{file_name}`"
+        + (f", the pretrained models from `{run['pretrained']}`." if run.get("pretrained") else "."),
         "",
-        *table(["labelled training examples", *(TASK_REFERENCES[name] for name in references)], rows, "lrr"),
+        *table(
+            ["labelled training examples", *(TASK_REFERENCES[name] for name in references)],
+            rows,
+            "l" + "r" * len(references),
+        ),
     ]
 
 
@@ -519,6 +527,10 @@ BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "packing": (packing, "python benchmarks/run_all.py --only packing"),
     "learning": (learning, "python benchmarks/run_all.py --only learning"),
     "task_reference": (task_reference, "python benchmarks/run_all.py --only task_reference"),
+    "task_reference_pretrained": (
+        lambda results: task_reference(results, "task_reference_pretrained.json"),
+        "python benchmarks/task_reference.py --pretrained DIR --out benchmarks/results/task_reference_pretrained.json",
+    ),
 }
 
 

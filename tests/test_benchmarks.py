@@ -492,17 +492,20 @@ def test_the_l2_strength_is_the_one_validation_prefers():
 
 
 @pytest.mark.slow
-def test_task_reference_benchmark_writes_json_and_its_table(tmp_path):
+def test_task_reference_benchmark_writes_json_and_its_table(tmp_path, reference_bert_dir):
     out = tmp_path / "results" / "task_reference.json"
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/task_reference.py"), "--seeds", "2", "--fractions", "0.3", "1",
-         "--out", str(out)],
+         "--pretrained", str(reference_bert_dir), "--out", str(out)],
         check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     result = json.loads(out.read_text())
-    assert result["seeds"] == [2] and result["folds"] == 3
+    assert result["seeds"] == [2] and result["folds"] == 3 and result["pretrained"] == str(reference_bert_dir)
     runs = {(r["reference"], r["fraction"]): r for r in result["runs"]}
-    assert set(runs) == {(name, f) for name in ("words", "reference_encoder") for f in (0.3, 1.0)}
+    names = ("words", "reference_encoder", "pretrained_cls", "pretrained_pooler", "random_cls")
+    assert set(runs) == {(name, f) for name in names for f in (0.3, 1.0)}
+    # the real encoder's frozen [CLS] state knows the task from 77 paragraphs; random weights' hardly does
+    assert runs[("pretrained_cls", 0.3)]["test_accuracy"] > runs[("random_cls", 0.3)]["test_accuracy"] + 0.1
     assert {r["train_examples"] for r in result["runs"]} == {77, 256}  # the demo's subsets of fold 2
     for run in runs.values():
         assert run["fold"] == 2 and run["l2"] in _task_reference().L2_STRENGTHS
@@ -511,4 +514,24 @@ def test_task_reference_benchmark_writes_json_and_its_table(tmp_path):
     assert summary["fraction"] == 1.0
     assert summary["test_accuracy"] == {"mean": runs[("words", 1.0)]["test_accuracy"], "std": None, "n": 1}
     table = "\n".join(_report().task_reference(out.parent))
-    assert "| 30% (77) |" in table and "| 100% (256) |" in table
+    assert "| 30% (77) |" in table and "| 100% (256) |" in table and "random weights, frozen [CLS] state" in table
+
+
+def test_the_features_of_a_frozen_model_are_its_cls_state_pooler_output_or_mean_state(reference_bert_dir, tmp_path):
+    task_reference = _task_reference()
+    models = task_reference.frozen_models(str(reference_bert_dir), seed=1)
+    assert {name: features for name, (_, features) in models.items()} == {
+        "pretrained_cls": "cls", "pretrained_pooler": "pooler", "random_cls": "cls",
+    }  # fmt: skip
+    encoder = models["pretrained_cls"][0]
+    tokenizer, model = encoder
+    texts = ["The GIL is held.", "Py_INCREF takes a new reference to the object it is given."]
+    with torch.no_grad():
+        output = model(**tokenizer(texts, padding=True, return_tensors="pt"))
+    torch.testing.assert_close(task_reference.encode(encoder, texts, "cls"), output.last_hidden_state[:, 0])
+    torch.testing.assert_close(task_reference.encode(encoder, texts, "pooler"), output.pooler_output)
+    alone = model(**tokenizer(texts[:1], return_tensors="pt")).last_hidden_state[0].mean(dim=0)
+    torch.testing.assert_close(task_reference.encode(encoder, texts, "mean")[0], alone, atol=1e-5, rtol=1e-4)
+    (tmp_path / "seed1").mkdir()
+    with pytest.raises(SystemExit, match="holds no model"):
+        task_reference.frozen_models(str(tmp_path / "seed{seed}"), seed=1)
