@@ -94,6 +94,20 @@ def test_the_launcher_skips_the_cpu_op_check_only_while_its_stamp_describes_the_
     assert not built_before(env)
 
 
+def test_cpu_runs_build_torch_extensions_in_a_directory_of_their_own_environment(tmp_path, monkeypatch):
+    """torch's default directory is shared by every environment of the machine, which rebuild each other's op."""
+    from pipeline.training import cpu_ops
+
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    own = cpu_ops.extensions_directory(env)
+    assert Path(own).parent == tmp_path / "torch_extensions"
+    assert cpu_ops.extensions_directory({**env, "TORCH_EXTENSIONS_DIR": "/chosen"}) == "/chosen"
+    cpu_ops.use_own_extensions_directory(env)
+    assert env["TORCH_EXTENSIONS_DIR"] == own
+    monkeypatch.setattr(sys, "prefix", "/elsewhere/.venv")
+    assert cpu_ops.extensions_directory({"XDG_CACHE_HOME": str(tmp_path)}) != own  # another environment
+
+
 def test_a_cpu_launch_that_built_the_op_leaves_a_stamp_the_next_launch_trusts():
     """The real build step (`python -m pipeline.training.cpu_ops`) writes the stamp for the library it loaded (in
     the machine's own cache, as every launch does: another cache would cost a build of a minute)."""
@@ -102,4 +116,8 @@ def test_a_cpu_launch_that_built_the_op_leaves_a_stamp_the_next_launch_trusts():
     from pipeline.training.cpu_ops import built_before, stamp_path
 
     assert built_before(env), stamp_path(env).read_text()
-    assert Path(json.loads(stamp_path(env).read_text())["library"]).name == "deepspeed_shm_comm.so"
+    library = Path(json.loads(stamp_path(env).read_text())["library"])
+    assert library.name == "deepspeed_shm_comm.so"
+    from pipeline.training.cpu_ops import extensions_directory
+
+    assert library.is_relative_to(extensions_directory(env))  # this environment's own directory

@@ -26,13 +26,15 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.handoff.redaction import redact_credentials
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+# MLflow itself is imported where a run is tracked (the sending thread of rank 0): importing it takes seconds,
+# which every other rank and every run without tracking would spend for nothing.
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,8 @@ def _finite(value: Any) -> float | None:
 def _is_transient(error: BaseException) -> bool:
     """Worth retrying: no answer (connection refused, timeout, server error) rather than a refusal (4xx),
     which would be refused again."""
+    from mlflow.exceptions import MlflowException
+
     if isinstance(error, MlflowException):
         status = error.get_http_status_code()
         return status >= 500 or status in (408, 429)
@@ -394,6 +398,8 @@ class RunTracker:
             wait = self.flush_interval_s
             try:
                 if client is None:
+                    from mlflow import MlflowClient
+
                     client = MlflowClient(self.uri)
                 if not opened:
                     self._open_run(client)
@@ -476,6 +482,8 @@ class RunTracker:
         )
 
     def _existing_run(self, client: MlflowClient, run_id: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
         try:
             run = client.get_run(run_id)
         except MlflowException as error:
@@ -489,6 +497,8 @@ class RunTracker:
         return run
 
     def _experiment_id(self, client: MlflowClient, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
@@ -505,6 +515,8 @@ class RunTracker:
         return experiment.experiment_id
 
     def _send_pending(self, client: MlflowClient) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
         while (batch := self._inflight or self._next_batch()) is not None:
             self._inflight = batch
             try:

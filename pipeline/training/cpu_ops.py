@@ -6,15 +6,21 @@ A later build finds it in the torch extensions cache and returns at once, but on
 (seconds on a small machine, at every launch): so each build also leaves a stamp naming this Python, the
 versions and the library it built, and the launcher skips the step while the stamp still describes the
 library on disk (`built_before`).
+
+torch builds extensions into one directory per Python version by default, shared by every environment of the
+machine; an op built by one environment (whose paths are in the compiler's command line) is built again by the
+next one, for a minute at each switch, and replaced under the runs of the other. CPU runs here build into a
+directory of their environment's own instead (`extensions_directory`), unless TORCH_EXTENSIONS_DIR names one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from importlib import metadata
 from pathlib import Path
 
@@ -42,9 +48,27 @@ def remove_stale_lock(build_directory: Path, max_age_s: float = STALE_LOCK_S) ->
     return True
 
 
+def cache_directory(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache"))
+
+
 def stamp_path(env: Mapping[str, str]) -> Path:
-    cache = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(cache) / "bertpipe" / "deepspeed_cpu_op.json"
+    return cache_directory(env) / "bertpipe" / "deepspeed_cpu_op.json"
+
+
+def extensions_directory(env: Mapping[str, str]) -> str:
+    """TORCH_EXTENSIONS_DIR when set, else a directory of this Python environment's own (named after a digest of
+    its prefix) in the user's cache."""
+    if env.get("TORCH_EXTENSIONS_DIR"):
+        return env["TORCH_EXTENSIONS_DIR"]
+    digest = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    return str(cache_directory(env) / "torch_extensions" / f"bertpipe-{digest}")
+
+
+def use_own_extensions_directory(env: MutableMapping[str, str]) -> None:
+    """Points torch's extension builds of the processes started with `env` (or of this one, with os.environ)
+    at `extensions_directory`."""
+    env["TORCH_EXTENSIONS_DIR"] = extensions_directory(env)
 
 
 def build_identity(env: Mapping[str, str]) -> dict[str, str]:
@@ -54,7 +78,7 @@ def build_identity(env: Mapping[str, str]) -> dict[str, str]:
         "prefix": sys.prefix,
         "torch": metadata.version("torch"),
         "deepspeed": metadata.version("deepspeed"),
-        "torch_extensions_dir": env.get("TORCH_EXTENSIONS_DIR", ""),
+        "torch_extensions_dir": extensions_directory(env),
     }
 
 
@@ -84,6 +108,7 @@ def write_stamp(library: Path, env: Mapping[str, str]) -> None:
 def build_shared_memory_op() -> bool:
     """True when the op is available (built now or before); False where DeepSpeed does not offer it."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    use_own_extensions_directory(os.environ)
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.logs import prints_to_debug
+from pipeline.training import cpu_ops
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ def init_distributed() -> tuple[int, int, bool]:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     on_gpu = get_accelerator().device_name() == "cuda"
+    if not on_gpu:  # where the launcher pointed the op's build, also for a run started without it
+        cpu_ops.use_own_extensions_directory(os.environ)
     if on_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     with prints_to_debug(log):  # on CPU each rank prints that DeepSpeed's communication op loaded
