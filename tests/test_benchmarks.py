@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -535,3 +536,11 @@ def test_the_features_of_a_frozen_model_are_its_cls_state_pooler_output_or_mean_
     (tmp_path / "seed1").mkdir()
     with pytest.raises(SystemExit, match="holds no model"):
         task_reference.frozen_models(str(tmp_path / "seed{seed}"), seed=1)
+    from safetensors.torch import load_file, save_file
+
+    partial = tmp_path / "partial"
+    shutil.copytree(reference_bert_dir, partial)
+    weights = load_file(partial / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "pooler" not in k}, partial / "model.safetensors", {"format": "pt"})
+    with pytest.raises(SystemExit, match=r"lacks encoder weights: .*pooler"):
+        task_reference.frozen_models(str(partial), seed=1)

@@ -500,8 +500,6 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env.update(cpu_threads(env, options.gpus_per_node or 1, len(os.sched_getaffinity(0))))
     if hostfile is not None and job.output is not None:
         env["DS_ENV_FILE"] = str(write_environment_file(job.output, env))
-    if env.get("DS_ACCELERATOR") == "cpu":
-        cpu_ops.use_own_extensions_directory(env)
     if env.get("DS_ACCELERATOR") == "cpu" and not cpu_ops.built_before(env):
         # DeepSpeed compiles a shared-memory op at its first CPU run: build it once here, not in every rank.
         built = subprocess.run([python, "-m", "pipeline.training.cpu_ops"], env=env)

@@ -66,8 +66,9 @@ def extensions_directory(env: Mapping[str, str]) -> str:
 
 
 def use_own_extensions_directory(env: MutableMapping[str, str]) -> None:
-    """Points torch's extension builds of the processes started with `env` (or of this one, with os.environ)
-    at `extensions_directory`."""
+    """Points torch's extension builds of this process (with os.environ) at `extensions_directory`. Each rank
+    and the build step call it themselves, rather than the launcher for them, so that a rank on another node
+    finds the directory of its own environment there."""
     env["TORCH_EXTENSIONS_DIR"] = extensions_directory(env)
 
 
