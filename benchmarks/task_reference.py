@@ -196,15 +196,17 @@ def frozen_models(template: str, seed: int) -> dict[str, tuple[Any, str]]:
     }
 
 
-def encode(encoder, texts: Sequence[str], features: str = "mean") -> torch.Tensor:
-    """Each text's features (cut at the classifier's length): the mean of the last hidden states over its
-    tokens ("mean"), the last hidden state at [CLS] ("cls") or the pooler's output ("pooler")."""
+def encode_all(encoder, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Each text's features (cut at the classifier's length), all from one forward pass: the mean of the last
+    hidden states over its tokens ("mean"), the last hidden state at [CLS] ("cls") and the pooler's output
+    ("pooler")."""
     tokenizer, model = encoder
-    rows = []
+    rows: dict[str, list[torch.Tensor]] = {"mean": [], "cls": [], "pooler": []}
+    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))  # batches of like lengths pad less
     with torch.no_grad():
         for begin in range(0, len(texts), 64):
             batch = tokenizer(
-                list(texts[begin : begin + 64]),
+                [texts[index] for index in order[begin : begin + 64]],
                 padding=True,
                 truncation=True,
                 max_length=MAX_SEQ_LENGTH,
@@ -212,14 +214,36 @@ def encode(encoder, texts: Sequence[str], features: str = "mean") -> torch.Tenso
             )
             output = model(**batch)
             hidden = output.last_hidden_state
-            if features == "cls":
-                rows.append(hidden[:, 0])
-            elif features == "pooler":
-                rows.append(output.pooler_output)
-            else:
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                rows.append((hidden * mask).sum(dim=1) / mask.sum(dim=1))
-    return torch.cat(rows)
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            rows["mean"].append((hidden * mask).sum(dim=1) / mask.sum(dim=1))
+            rows["cls"].append(hidden[:, 0])
+            rows["pooler"].append(output.pooler_output)
+    back = torch.empty(len(texts), dtype=torch.long)
+    back[torch.tensor(order, dtype=torch.long)] = torch.arange(len(texts))
+    return {features: torch.cat(parts)[back] for features, parts in rows.items()}
+
+
+def encode(encoder, texts: Sequence[str], features: str = "mean") -> torch.Tensor:
+    """One of `encode_all`'s features."""
+    return encode_all(encoder, texts)[features]
+
+
+class EncodedTexts:
+    """Every text of a seed encoded once by each encoder (the references share encoders and the subsets share
+    texts); `features(name, texts)` looks their rows up."""
+
+    def __init__(self, references: dict[str, tuple[Any, str]], texts: Sequence[str]) -> None:
+        self.references = references
+        self.row = {text: index for index, text in enumerate(dict.fromkeys(texts))}
+        self.by_model: dict[int, dict[str, torch.Tensor]] = {}
+        for encoder, _ in references.values():
+            model = encoder[1]
+            if id(model) not in self.by_model:
+                self.by_model[id(model)] = encode_all(encoder, list(self.row))
+
+    def features(self, name: str, texts: Sequence[str]) -> torch.Tensor:
+        (_, model), features = self.references[name]
+        return self.by_model[id(model)][features][[self.row[text] for text in texts]]
 
 
 def run(seeds: Sequence[int], fractions: Sequence[float], work: Path, pretrained: str | None = None) -> dict:
@@ -238,12 +262,11 @@ def run(seeds: Sequence[int], fractions: Sequence[float], work: Path, pretrained
         test_texts, test_labels = read_task(layout.task_test(fold))
         dense_references = {"reference_encoder": (encoder, "mean")} if encoder is not None else {}
         dense_references |= frozen_models(pretrained, seed) if pretrained else {}
-        encoded = {
-            name: (encode(model, validation_texts, features), encode(model, test_texts, features))
-            for name, (model, features) in dense_references.items()
-        }
+        subsets = {fraction: read_task(layout.task_subset(fraction, seed)) for fraction in fractions}
+        every_text = [*validation_texts, *test_texts, *(text for texts, _ in subsets.values() for text in texts)]
+        encoded = EncodedTexts(dense_references, every_text)
         for fraction in fractions:
-            train_texts, train_labels = read_task(layout.task_subset(fraction, seed))
+            train_texts, train_labels = subsets[fraction]
             names = sorted(set(train_labels))
             ids = {name: index for index, name in enumerate(names)}
 
@@ -263,8 +286,10 @@ def run(seeds: Sequence[int], fractions: Sequence[float], work: Path, pretrained
                 ]
             }
             labels = (train_labels, validation_labels, test_labels)
-            for name, (model, features) in dense_references.items():
-                dense = standardise(encode(model, train_texts, features), *encoded[name])
+            for name in dense_references:
+                dense = standardise(
+                    *(encoded.features(name, texts) for texts in (train_texts, validation_texts, test_texts))
+                )
                 splits[name] = [(x, targets(y)) for x, y in zip(dense, labels, strict=True)]
             for reference, (train, validation, test) in splits.items():
                 figures = score(train, validation, test, len(names))

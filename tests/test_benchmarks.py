@@ -526,13 +526,24 @@ def test_the_features_of_a_frozen_model_are_its_cls_state_pooler_output_or_mean_
     }  # fmt: skip
     encoder = models["pretrained_cls"][0]
     tokenizer, model = encoder
-    texts = ["The GIL is held.", "Py_INCREF takes a new reference to the object it is given."]
+    # longest first: the rows come back in the order of the texts, whatever order they were batched in
+    texts = ["Py_INCREF takes a new reference to the object it is given.", "The GIL is held."]
     with torch.no_grad():
         output = model(**tokenizer(texts, padding=True, return_tensors="pt"))
     torch.testing.assert_close(task_reference.encode(encoder, texts, "cls"), output.last_hidden_state[:, 0])
     torch.testing.assert_close(task_reference.encode(encoder, texts, "pooler"), output.pooler_output)
     alone = model(**tokenizer(texts[:1], return_tensors="pt")).last_hidden_state[0].mean(dim=0)
     torch.testing.assert_close(task_reference.encode(encoder, texts, "mean")[0], alone, atol=1e-5, rtol=1e-4)
+    # every reference's rows from one pass of each model over the seed's texts, repeated texts included
+    passes = []
+    for encoder_model in {id(m[1]): m[1] for m, _ in models.values()}.values():
+        encoder_model.register_forward_hook(lambda module, args, output: passes.append(module))
+    encoded = task_reference.EncodedTexts(models, [*texts, texts[0]])
+    assert len(passes) == 2 and passes[0] is not passes[1]  # the pretrained model (two features) and random weights
+    for name, (_, features) in models.items():
+        torch.testing.assert_close(
+            encoded.features(name, texts[::-1]), task_reference.encode(models[name][0], texts[::-1], features)
+        )
     (tmp_path / "seed1").mkdir()
     with pytest.raises(SystemExit, match="holds no model"):
         task_reference.frozen_models(str(tmp_path / "seed{seed}"), seed=1)
