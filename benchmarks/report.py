@@ -486,7 +486,19 @@ TASK_REFERENCES = {
     "pretrained_cls": "ours pretrained, frozen [CLS] state",
     "pretrained_pooler": "ours pretrained, frozen pooler output",
     "random_cls": "random weights, frozen [CLS] state",
+    "reference_encoder_finetuned": "all-MiniLM-L6-v2, fine-tuned as our model is",
 }
+
+
+def finetuned_reference_line(finetuned: dict | None) -> str:
+    if not finetuned:
+        return ""
+    rates = ", ".join(f"{rate:g}" for rate in finetuned["learning_rates"])
+    return (
+        f" Fine-tuned: `launch/finetune.sh classify` as `learning.py` runs it, the updates of {finetuned['epochs']} "
+        f"epochs over the 256 training paragraphs, the epoch chosen on validation, the learning rate ({rates}) "
+        "on the seeds' mean validation accuracy."
+    )
 
 
 def task_reference(results: Path, file_name: str = "task_reference.json") -> list[str]:
@@ -494,17 +506,22 @@ def task_reference(results: Path, file_name: str = "task_reference.json") -> lis
     references = [name for name in TASK_REFERENCES if name in run["summary"]]
     fractions = run["summary"][references[0]]
     examples = {(r["fraction"]): r["train_examples"] for r in run["runs"]}
+
+    def cell(name: str, fraction: float) -> str:
+        at = next(f for f in run["summary"][name] if f["fraction"] == fraction)
+        return mean_std(at["test_accuracy"]) + (f" (lr {at['learning_rate']:g})" if "learning_rate" in at else "")
+
     rows = [
         [f"{at['fraction'] * 100:g}% ({examples[at['fraction']]})"]
-        + [mean_std(next(f for f in run["summary"][name] if f["fraction"] == at["fraction"])["test_accuracy"])
-           for name in references]
+        + [cell(name, at["fraction"]) for name in references]
         for at in fractions
-    ]  # fmt: skip
+    ]
     return [
         f"Machine: {run['machine']}, torch {run['torch']}. `{run['task']}`, the demo's {run['folds']} folds and "
         f"subsets, seeds {', '.join(str(s) for s in run['seeds'])} (as `learning.py`'s), test accuracy mean ± std; "
         f"each fit's L2 strength chosen on the fold's validation split. `benchmarks/results/{file_name}`"
-        + (f", the pretrained models from `{run['pretrained']}`." if run.get("pretrained") else "."),
+        + (f", the pretrained models from `{run['pretrained']}`." if run.get("pretrained") else ".")
+        + finetuned_reference_line(run.get("finetune_reference")),
         "",
         *table(
             ["labelled training examples", *(TASK_REFERENCES[name] for name in references)],

