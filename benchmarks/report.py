@@ -548,6 +548,11 @@ BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda results: task_reference(results, "task_reference_pretrained.json"),
         "python benchmarks/task_reference.py --pretrained DIR --out benchmarks/results/task_reference_pretrained.json",
     ),
+    "task_reference_finetuned": (
+        lambda results: task_reference(results, "task_reference_finetuned.json"),
+        "python benchmarks/task_reference.py --finetune-reference 3e-5 1e-4 --fractions 1 "
+        "--out benchmarks/results/task_reference_finetuned.json",
+    ),
 }
 
 
