@@ -286,8 +286,7 @@ def finetune_reference(
     from benchmarks.learning import finetune
 
     directory = reference_directory()
-    if directory is None:
-        raise SystemExit(f"--finetune-reference: {REFERENCE_PACKAGE} is not installed (`make install` installs it)")
+    assert directory is not None, "main() checks that the reference package is installed"
     trials = []
     for fraction in fractions:
         for rate in rates:
@@ -422,6 +421,8 @@ def main() -> None:
         "--finetune-epochs", type=int, default=8, help="with --finetune-reference: epochs over all 256 paragraphs"
     )
     args = parser.parse_args()
+    if args.finetune_reference and reference_directory() is None:
+        parser.error(f"--finetune-reference: {REFERENCE_PACKAGE} is not installed (`make install` installs it)")
     torch.manual_seed(0)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as work:
