@@ -367,35 +367,27 @@ def run(
                     f"{figures['l2']:g})",
                     flush=True,
                 )
+    extra: dict[str, Any] = {}
+    if finetune_rates:
+        finetuned, trials = finetune_reference(seeds, fractions, work, finetune_rates, finetune_epochs)
+        runs += finetuned
+        references.append(FINETUNED)
+        extra["finetune_reference"] = {"learning_rates": list(finetune_rates), "epochs": finetune_epochs}
+        extra["finetune_reference"]["trials"] = trials
     summary = {
         reference: [
             {
                 "fraction": fraction,
-                "test_accuracy": asdict(
-                    spread(
-                        [r["test_accuracy"] for r in runs if r["reference"] == reference and r["fraction"] == fraction]
-                    )
-                ),
+                "test_accuracy": asdict(spread([r["test_accuracy"] for r in at_fraction])),
+                # the fine-tuned reference's runs share the rate validation chose for the fraction
+                **({"learning_rate": at_fraction[0]["learning_rate"]} if "learning_rate" in at_fraction[0] else {}),
             }
             for fraction in fractions
+            for at_fraction in [[r for r in runs if r["reference"] == reference and r["fraction"] == fraction]]
         ]
         for reference in references
     }
-    result: dict[str, Any] = {"runs": runs, "summary": summary}
-    if finetune_rates:
-        finetuned, trials = finetune_reference(seeds, fractions, work, finetune_rates, finetune_epochs)
-        runs += finetuned
-        summary[FINETUNED] = [
-            {
-                "fraction": fraction,
-                "learning_rate": next(r["learning_rate"] for r in finetuned if r["fraction"] == fraction),
-                "test_accuracy": asdict(spread([r["test_accuracy"] for r in finetuned if r["fraction"] == fraction])),
-            }
-            for fraction in fractions
-        ]
-        result["finetune_reference"] = {"learning_rates": list(finetune_rates), "epochs": finetune_epochs}
-        result["finetune_reference"]["trials"] = trials
-    return result
+    return {"runs": runs, "summary": summary, **extra}
 
 
 def main() -> None:

@@ -536,6 +536,16 @@ def test_task_reference_fine_tunes_the_reference_encoder_as_learning_fine_tunes_
     assert "fine-tuned as our model is" in table and " (lr 0.0001) |" in table and "the updates of 1 epochs" in table
 
 
+def test_fine_tuning_the_reference_without_its_package_is_a_usage_error(monkeypatch, capsys):
+    task_reference = _task_reference()
+    monkeypatch.setattr(task_reference, "REFERENCE_PACKAGE", "no_such_reference_package")
+    monkeypatch.setattr(sys, "argv", ["task_reference.py", "--finetune-reference", "1e-4"])
+    with pytest.raises(SystemExit) as stopped:
+        task_reference.main()
+    assert stopped.value.code == 2
+    assert "no_such_reference_package is not installed (`make install` installs it)" in capsys.readouterr().err
+
+
 def test_the_fine_tuned_reference_keeps_each_fractions_runs_at_the_rate_validation_prefers():
     def trial(seed: int, fraction: float, rate: float, validation: float, test: float) -> dict:
         return {"seed": seed, "fold": seed % 3, "fraction": fraction, "train_examples": int(256 * fraction),
